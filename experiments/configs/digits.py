@@ -1,0 +1,6 @@
+"""Alias of the embedded default (digits).
+
+    python -m experiments.main --dataset=digits
+"""
+
+from experiments.configs.default import get_config  # noqa: F401
