@@ -1,0 +1,163 @@
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookahead_jax import loop, records, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**kw):
+    base = dict(dataset="digits", model="mlp", model_kwargs=(("widths", (32,)),),
+                strategy="entropy", cycles=4, initial_size=20, query_size=8, subset_size=60,
+                seed=3, train=train.TrainConfig(epochs=4, batch_size=16))
+    base.update(kw)
+    return loop.LoopConfig(**base)
+
+
+def test_run_records_and_rebuilds_labeled_set(tmp_path, tiny_dataset):
+    cfg = tiny_config()
+    res = loop.run(cfg, str(tmp_path), dataset=tiny_dataset, log=lambda s: None)
+    assert [m["cycle"] for m in res.metrics] == [0, 1, 2, 3]
+    assert [m["num_labeled"] for m in res.metrics] == [20, 28, 36, 44]
+    for f in ("config.json", "metrics.jsonl", "queries.jsonl", "labels.jsonl",
+              "checkpoint.msgpack", "state.json", "learning_curve.png"):
+        assert (tmp_path / f).exists(), f
+    rebuilt = loop.labeled_indices_from_records(str(tmp_path), cfg, 300)
+    np.testing.assert_array_equal(rebuilt, np.flatnonzero(res.state.labeled))
+    labels = records.read_jsonl(str(tmp_path / "labels.jsonl"))
+    assert len(labels) == 44
+    assert all(r["label"] == tiny_dataset.y_train[r["index"]] for r in labels)
+    queried = np.concatenate([q["indices"] for q in res.queries])
+    assert np.unique(queried).size == queried.size == 24
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_dataset):
+    cfg = tiny_config(strategy="margin")
+    full = loop.run(cfg, str(tmp_path / "full"), dataset=tiny_dataset, log=lambda s: None)
+    part = str(tmp_path / "part")
+    loop.run(cfg, part, dataset=tiny_dataset, log=lambda s: None, stop_after_cycle=1)
+    assert records.read_json(os.path.join(part, "state.json"))["cycle_done"] == 1
+    resumed = loop.run(cfg, part, dataset=tiny_dataset, log=lambda s: None)
+    assert [q["indices"] for q in resumed.queries] == [q["indices"] for q in full.queries]
+    assert [m["test_accuracy"] for m in resumed.metrics] == \
+        [m["test_accuracy"] for m in full.metrics]
+
+
+def test_crash_mid_cycle_loses_no_label_and_asks_no_twice(tmp_path, tiny_dataset):
+    """A run killed after the oracle answered but before the cycle committed."""
+    cfg = tiny_config(strategy="random")
+    asked = []
+
+    class Crashing:
+        def __init__(self, fail_at):
+            self.fail_at, self.calls = fail_at, 0
+
+        def __call__(self, idx):
+            self.calls += 1
+            asked.extend(int(i) for i in idx)
+            out = tiny_dataset.y_train[idx]
+            if self.calls == self.fail_at:
+                # the answer is persisted by the loop; crash right after it returns
+                def boom(*a, **k):
+                    raise KeyboardInterrupt
+                loop.RunStore.save_cycle, self.saved = boom, loop.RunStore.save_cycle
+            return out
+
+    oracle = Crashing(fail_at=2)  # call 1: initial set; call 2: cycle 0's query
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(cfg, str(tmp_path), dataset=tiny_dataset, oracle=oracle, log=lambda s: None)
+    loop.RunStore.save_cycle = oracle.saved
+    n_labels = len(records.read_jsonl(str(tmp_path / "labels.jsonl")))
+    assert n_labels == cfg.initial_size + cfg.query_size
+    asked.clear()
+    res = loop.run(cfg, str(tmp_path), dataset=tiny_dataset,
+                   oracle=lambda idx: (asked.extend(int(i) for i in idx),
+                                       tiny_dataset.y_train[idx])[1], log=lambda s: None)
+    first_query = set(res.queries[0]["indices"])
+    assert not first_query & set(asked), "a label revealed before the crash was asked again"
+    assert len(res.metrics) == cfg.cycles
+
+
+def test_cold_start_differs_from_warm_start(tiny_dataset):
+    warm = loop.run(tiny_config(cycles=2), None, dataset=tiny_dataset, log=lambda s: None)
+    cold = loop.run(tiny_config(cycles=2, train=train.TrainConfig(
+        epochs=4, batch_size=16, warm_start=False)), None, dataset=tiny_dataset,
+        log=lambda s: None)
+    assert warm.metrics[0]["train_loss"] == cold.metrics[0]["train_loss"]
+    assert warm.metrics[1]["train_loss"] != cold.metrics[1]["train_loss"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(dataset="imagenet"), "unknown dataset"),
+    (dict(strategy="oracle_knows"), "unknown strategy"),
+    (dict(model="vgg"), "unknown model"),
+    (dict(query_size=0), "query_size must be positive"),
+    (dict(query_size=100, subset_size=50), "larger than subset_size"),
+    (dict(cycles=50), "exceeds the training pool"),
+    (dict(sequential=True, strategy="entropy"), "no sequential mode"),
+])
+def test_bad_config_fails_before_training(change, message, tiny_dataset, monkeypatch):
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained on a bad config"))
+    with pytest.raises(ValueError, match=message):
+        loop.run(tiny_config(**change), None, dataset=tiny_dataset, log=lambda s: None)
+
+
+def test_nan_data_rejected(tiny_dataset):
+    bad = tiny_dataset._replace(x_train=tiny_dataset.x_train.copy())
+    bad.x_train[5, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        loop.run(tiny_config(), None, dataset=bad, log=lambda s: None)
+
+
+def test_workdir_with_other_config_is_refused(tmp_path, tiny_dataset):
+    loop.run(tiny_config(cycles=2), str(tmp_path), dataset=tiny_dataset, log=lambda s: None)
+    with pytest.raises(ValueError, match="different config.*seed"):
+        loop.run(tiny_config(cycles=2, seed=9), str(tmp_path), dataset=tiny_dataset,
+                 log=lambda s: None)
+
+
+def test_config_roundtrip():
+    cfg = tiny_config(strategy_options=(("kernel", "sum_logits"),))
+    again = loop.LoopConfig.from_dict(json.loads(records.dumps(cfg.to_dict())))
+    assert again == cfg
+    with pytest.raises(ValueError, match="unknown config field"):
+        loop.LoopConfig.from_dict({"datset": "digits"})
+
+
+def _cli(*args, cwd=REPO):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_cli_end_to_end_on_digits(tmp_path):
+    out = _cli("--cycles=3", "--initial_size=30", "--query_size=10", "--subset_size=100",
+               "--epochs=3", "--strategy=random,least_confidence", f"--workdir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "least_confidence" in out.stdout and "cycle 3/3" in out.stdout
+    assert (tmp_path / "learning_curves.png").stat().st_size > 1000
+    rows = records.read_jsonl(str(tmp_path / "random" / "metrics.jsonl"))
+    assert [r["num_labeled"] for r in rows] == [30, 40, 50]
+    # same command again: resumes, nothing to do, same table
+    again = _cli("--cycles=3", "--initial_size=30", "--query_size=10", "--subset_size=100",
+                 "--epochs=3", "--strategy=random,least_confidence", f"--workdir={tmp_path}")
+    assert again.returncode == 0 and "resuming" in again.stdout
+    assert again.stdout.split("cycle  labeled")[1] == out.stdout.split("cycle  labeled")[1]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--dataset=imagenet", "unknown dataset or config 'imagenet'"),
+    ("--strategy=bogus", "unknown strategy 'bogus'"),
+    ("--query_size=-1", "query_size must be positive"),
+])
+def test_cli_bad_input_is_one_clear_line(flag, message, tmp_path):
+    out = _cli(flag, f"--workdir={tmp_path}")
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
