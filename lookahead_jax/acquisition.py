@@ -124,28 +124,44 @@ class _Entry(NamedTuple):
     fn: StrategyFn
     sequential: bool
     doc: str
+    wrap_model: Optional[Callable[[Any], Any]]
+    fit: Optional[Callable[..., Any]]
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_strategy(name: str, *, sequential: bool = False):
+def register_strategy(name: str, *, sequential: bool = False,
+                      wrap_model: Optional[Callable[[Any], Any]] = None,
+                      fit: Optional[Callable[..., Any]] = None):
     """Decorator adding ``fn`` to the strategy registry under ``name``.
 
     Args:
       name: the key used by configs and ``--strategy``; duplicates are refused.
       sequential: whether the strategy uses ``ctx.label_fn`` to reveal labels one at a
         time (the paper's sequential mode).
+      wrap_model: for strategies that change the network itself (LL4AL's loss-prediction
+        module): ``wrap_model(module) -> module``; the wrapper's ``__call__(x, train)``
+        must still return the base logits ``(n, C)``.
+      fit: for strategies that change training: a drop-in replacement of
+        :func:`lookahead_jax.train.fit` with the same signature and return value.
     """
 
     def wrap(fn: StrategyFn) -> StrategyFn:
         if name in _REGISTRY:
             raise ValueError(f"strategy {name!r} is already registered")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = _Entry(fn, sequential, doc[0] if doc else "")
+        _REGISTRY[name] = _Entry(fn, sequential, doc[0] if doc else "", wrap_model, fit)
         return fn
 
     return wrap
+
+
+def strategy_hooks(name: str) -> tuple[Optional[Callable], Optional[Callable]]:
+    """``(wrap_model, fit)`` registered with a strategy (``None`` for the defaults)."""
+    get_strategy(name)
+    entry = _REGISTRY[name]
+    return entry.wrap_model, entry.fit
 
 
 def _ensure_builtin_strategies() -> None:

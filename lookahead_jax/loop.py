@@ -363,6 +363,10 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
     oracle = RecordingOracle(oracle or DatasetOracle(dataset.y_train), store)
 
     model = models.create_model(config.model, dataset.num_classes, **dict(config.model_kwargs))
+    wrap_model, custom_fit = acquisition.strategy_hooks(config.strategy)
+    if wrap_model is not None:
+        model = wrap_model(model)
+    fit = custom_fit or train_lib.fit
     init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
     fresh = models.init_variables(model, init_key, dataset.input_shape)
 
@@ -391,9 +395,9 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
             start = models.init_variables(model, jax.random.fold_in(init_key, cycle),
                                           dataset.input_shape)
         tstate = train_lib.create_train_state(model, start, config.train)
-        tstate, train_loss = train_lib.fit(tstate, x_pool[labeled_idx],
-                                           state.labels[labeled_idx], config.train,
-                                           seed=config.seed * 100_003 + cycle)
+        tstate, train_loss = fit(tstate, x_pool[labeled_idx],
+                                 state.labels[labeled_idx], config.train,
+                                 seed=config.seed * 100_003 + cycle)
         variables = tstate.variables
         seconds_train = time.perf_counter() - t0
         # --- evaluate
