@@ -75,7 +75,7 @@ def main(argv):
         workdir = FLAGS.workdir or os.path.join(
             "runs", f"{config.dataset}_{config.model}_seed{config.seed}")
         results = loop.run_strategies(config, strategies, workdir)
-    except ValueError as e:  # bad input: one clear line, no traceback
+    except (ValueError, ImportError) as e:  # bad input or missing extra: one clear line
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print()
