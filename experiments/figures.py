@@ -1,0 +1,55 @@
+"""Runs one of the paper's figures as a multi-seed study.
+
+    python -m experiments.figures --figure=fig2 --config=mnist_mlp \
+        --manual_dir=../shared/data/mnist --seeds=0,1,2 --root=runs/studies/fig2_mnist
+
+Every arm × seed is an ordinary resumable run under ``--root``; rerunning the command
+continues where it stopped. ``python -m experiments.report`` turns the studies into
+``docs/RESULTS.md`` and PNG plots. ``--smoke`` runs a tiny digits version in seconds.
+Logic lives in ``lookahead_jax.study``.
+"""
+
+import os
+import shlex
+import sys
+
+from absl import app, flags, logging
+
+from experiments import main as cli
+from lookahead_jax import loop, study
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("figure", None, list(study.FIGURES), "which figure")
+flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
+flags.DEFINE_string("root", None, "study folder (default runs/studies/<figure>_<dataset>)")
+flags.DEFINE_string("arms", None, "comma-separated subset of the figure's arms")
+flags.DEFINE_bool("smoke", False, "tiny digits setting, for tests")
+flags.mark_flag_as_required("figure")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        cfg = cli.build_config().to_dict()
+        cfg["strategy"] = "random"
+        base = loop.LoopConfig.from_dict(cfg)
+        if FLAGS.smoke:
+            base = study.smoke_config(seed=base.seed)
+        seeds = [int(s) for s in FLAGS.seeds.split(",") if s.strip()]
+        root = FLAGS.root or os.path.join("runs", "studies", f"{FLAGS.figure}_{base.dataset}")
+        arms = [a.strip() for a in FLAGS.arms.split(",")] if FLAGS.arms else None
+        command = " ".join(["python -m experiments.figures"] +
+                           [shlex.quote(a) for a in sys.argv[1:]])
+        study.run_study(FLAGS.figure, base, seeds, root, command=command, arms=arms)
+    except (ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    s = study.load_study(root)
+    png = study.plot_study(s, os.path.join(root, f"{FLAGS.figure}.png"))
+    print(study.study_markdown(s, png))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,415 @@
+"""Multi-seed studies: the paper's figures as sets of runs, aggregated with 95% CIs.
+
+A *study* runs several *arms* (a strategy plus config overrides) for several seeds on
+one base :class:`~lookahead_jax.loop.LoopConfig`. Every run is an ordinary resumable
+loop run in ``root/<arm>/seed<k>/``; ``root/study.json`` records the figure, the exact
+command, the machine, the seeds and the wall time. :func:`summarize` turns the runs'
+``metrics.jsonl`` into per-cycle means with 95% confidence intervals (Student t over
+seeds) and, where an arm names a baseline, the per-seed paired difference from it —
+the paper's presentation in Figs. 2–4 ("difference from random, whose accuracy is shown
+in text"). Plots and the results page are made from those files, never typed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from lookahead_jax import loop, records
+from lookahead_jax import train as train_lib
+
+
+class Arm(NamedTuple):
+    """One line of a figure.
+
+    Attributes:
+      label: folder name and legend entry.
+      overrides: ``LoopConfig`` fields to replace (``"train.<field>"`` for training).
+      baseline: label of the arm this one is compared with (paired by seed), or None.
+    """
+
+    label: str
+    overrides: Mapping[str, Any]
+    baseline: Optional[str] = None
+
+
+class Figure(NamedTuple):
+    """A figure of the paper as arms over a base config."""
+
+    name: str
+    title: str
+    claim: str
+    arms: Callable[[loop.LoopConfig], list]
+
+
+def apply_overrides(base: loop.LoopConfig, overrides: Mapping[str, Any]) -> loop.LoopConfig:
+    """``base`` with ``overrides`` applied (``"train.epochs"`` etc. for training fields)."""
+    top = {k: v for k, v in overrides.items() if not k.startswith("train.")}
+    tr = {k[len("train."):]: v for k, v in overrides.items() if k.startswith("train.")}
+    if "strategy_options" in top and isinstance(top["strategy_options"], Mapping):
+        top["strategy_options"] = tuple(sorted(top["strategy_options"].items()))
+    if "model_kwargs" in top and isinstance(top["model_kwargs"], Mapping):
+        top["model_kwargs"] = tuple(sorted(top["model_kwargs"].items()))
+    cfg = dataclasses.replace(base, **top)
+    if tr:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **tr))
+    return cfg
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _fig1a(base):
+    return [Arm("ntk_block", {"strategy": "mlmoc"}),
+            Arm("ntk_without_block", {"strategy": "mlmoc",
+                                      "strategy_options": {"block": False}}),
+            Arm("naive", {"strategy": "naive_lookahead",
+                          "strategy_options": {"epochs": 15}})]
+
+
+def _fig1b(base):
+    return [Arm("random", {"strategy": "random"}),
+            Arm("empirical_ntk", {"strategy": "mlmoc"}, "random"),
+            Arm("infinite_ntk", {"strategy": "infinite_ntk_lookahead"}, "random"),
+            Arm("one_step", {"strategy": "onestep_lookahead"}, "random"),
+            Arm("gp", {"strategy": "gp_lookahead"}, "random")]
+
+
+def _fig2(base):
+    arms = [Arm("random", {"strategy": "random"})]
+    for s in ("mlmoc", "entropy", "margin", "badge", "ll4al", "coreset", "bald"):
+        arms.append(Arm(s, {"strategy": s}, "random"))
+    return arms
+
+
+def _fig3a(base):
+    return [Arm("random", {"strategy": "random"}),
+            Arm("batch_ntk", {"strategy": "mlmoc"}, "random"),
+            Arm("sequential_ntk", {"strategy": "mlmoc", "sequential": True}, "random")]
+
+
+def _fig3b(base):
+    arms = []
+    for w in (128, 256, 512):
+        kw = _width_kwargs(base, w)
+        arms.append(Arm(f"random_w{w}", {"strategy": "random", "model_kwargs": kw}))
+        arms.append(Arm(f"ntk_w{w}", {"strategy": "mlmoc", "model_kwargs": kw},
+                        f"random_w{w}"))
+    return arms
+
+
+def _width_kwargs(base: loop.LoopConfig, width: int) -> dict:
+    kw = dict(base.model_kwargs)
+    if base.model == "mlp":
+        kw["widths"] = (width,) * max(1, len(kw.get("widths", (0, 0))))
+    elif base.model == "wide_resnet":
+        kw["widen_factor"] = max(1, width // (16 * 2 ** (kw.get("num_groups", 3) - 1)))
+    elif base.model == "cnn":
+        kw["channels"] = (width // 2, width)
+    else:
+        kw["base_width"] = max(1, width // 8)
+    return kw
+
+
+def _fig5b(base):
+    return [Arm("random_mse", {"strategy": "random", "train.loss": "mse"}),
+            Arm("ntk_mse", {"strategy": "mlmoc", "train.loss": "mse"}, "random_mse"),
+            Arm("random_ce", {"strategy": "random", "train.loss": "ce"}),
+            Arm("ntk_ce", {"strategy": "mlmoc", "train.loss": "ce"}, "random_ce")]
+
+
+FIGURES: dict[str, Figure] = {f.name: f for f in (
+    Figure("fig1a", "MLMOC with NTK (block), NTK without block, naive retraining",
+           "The NTK look-ahead is more than 100x faster than naive retraining and at least "
+           "as accurate.", _fig1a),
+    Figure("fig1b", "Look-ahead variants next to random",
+           "The empirical-NTK look-ahead beats the infinite-NTK, one-step and GP "
+           "look-aheads, which do not beat random.", _fig1b),
+    Figure("fig2", "MLMOC vs. the state of the art (difference from random)",
+           "MLMOC is equal to or better than entropy, margin, BADGE and LL4AL.", _fig2),
+    Figure("fig3a", "Sequential vs. batch NTK querying",
+           "Sequential NTK reaches more than 94% after one cycle and 96% at cycle 3 on "
+           "MNIST, where batch NTK plateaus.", _fig3a),
+    Figure("fig3b", "Improvement over random for several widths",
+           "The NTK method outperforms random for every width.", _fig3b),
+    Figure("fig5b", "Squared loss vs. cross-entropy",
+           "The difference between L2 and cross-entropy is not significant.", _fig5b),
+)}
+
+
+def get_figure(name: str) -> Figure:
+    try:
+        return FIGURES[name]
+    except KeyError:
+        raise ValueError(f"unknown figure {name!r}; figures: {', '.join(FIGURES)}") from None
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def machine_info() -> dict:
+    """Where a study ran: platform, CPU count, JAX version and devices."""
+    import jax
+
+    return {"platform": platform.platform(), "processor": platform.processor(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "jax": jax.__version__,
+            "devices": [str(d) for d in jax.devices()]}
+
+
+def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: str, *,
+              command: str = "", dataset=None, log: Callable[[str], None] = print,
+              arms: Optional[Sequence[str]] = None) -> dict:
+    """Runs every arm of ``figure`` for every seed under ``root`` (resumable).
+
+    Args:
+      figure: a name from :data:`FIGURES`.
+      base: the shared settings (dataset, model, sizes, training).
+      seeds: the seeds; every arm runs each.
+      root: output folder; ``root/study.json`` is rewritten after every run.
+      command: the command line that produced the study (recorded).
+      dataset: a preloaded dataset (else loaded from ``base``).
+      arms: run only these arm labels.
+
+    Returns:
+      the study record (also in ``root/study.json``).
+    """
+    from lookahead_jax import data
+
+    fig = get_figure(figure)
+    all_arms = fig.arms(base)
+    chosen = [a for a in all_arms if arms is None or a.label in arms]
+    if not chosen:
+        raise ValueError(f"no arm of {figure} matches {arms}; arms: "
+                         f"{', '.join(a.label for a in all_arms)}")
+    for a in chosen:
+        if a.baseline and a.baseline not in {b.label for b in chosen}:
+            chosen.insert(0, next(b for b in all_arms if b.label == a.baseline))
+    configs = {a.label: apply_overrides(base, a.overrides) for a in chosen}
+    for cfg in configs.values():
+        loop.validate_config(cfg)
+    if dataset is None:
+        dataset = data.load_dataset(base.dataset, data_dir=base.data_dir,
+                                    manual_dir=base.manual_dir, download=base.download,
+                                    max_train=base.max_train, max_test=base.max_test,
+                                    seed=base.seed)
+    path = os.path.join(root, "study.json")
+    previous = records.read_json(path) if os.path.exists(path) else {}
+    meta = {
+        "figure": figure, "title": fig.title, "claim": fig.claim,
+        "command": command or previous.get("command", ""),
+        "machine": machine_info(), "seeds": list(seeds),
+        "arms": [{"label": a.label, "overrides": {k: records.dumps(v) for k, v in
+                                                  a.overrides.items()},
+                  "baseline": a.baseline} for a in chosen],
+        "base_config": base.to_dict(),
+        "started": previous.get("started", _now()),
+        "run_seconds": previous.get("run_seconds", {}),
+    }
+    for seed in seeds:
+        for a in chosen:
+            cfg = dataclasses.replace(configs[a.label], seed=seed)
+            key = f"{a.label}/seed{seed}"
+            t0 = time.perf_counter()
+            loop.run(cfg, os.path.join(root, a.label, f"seed{seed}"), dataset=dataset, log=log)
+            meta["run_seconds"][key] = meta["run_seconds"].get(key, 0.0) + \
+                time.perf_counter() - t0
+            meta["finished"] = _now()
+            records.atomic_write_json(path, meta)
+    return meta
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+class Study(NamedTuple):
+    meta: dict
+    runs: dict  # {arm: {seed: [metric rows]}}
+
+
+def load_study(root: str) -> Study:
+    """Reads ``study.json`` and every finished run's metric rows."""
+    meta = records.read_json(os.path.join(root, "study.json"))
+    runs = {}
+    for arm in meta["arms"]:
+        runs[arm["label"]] = {}
+        for seed in meta["seeds"]:
+            rows = records.read_jsonl(os.path.join(root, arm["label"], f"seed{seed}",
+                                                   "metrics.jsonl"))
+            if rows:
+                runs[arm["label"]][seed] = rows
+    return Study(meta, runs)
+
+
+def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95% CI half-width (Student t, n − 1 dof) along ``axis``; n = 1 gives NaN."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[axis]
+    mean = values.mean(axis=axis)
+    if n < 2:
+        return mean, np.full_like(mean, np.nan)
+    sem = values.std(axis=axis, ddof=1) / np.sqrt(n)
+    return mean, stats.t.ppf(0.975, n - 1) * sem
+
+
+def _matrix(runs: Mapping[int, list], key: str, seeds: Sequence[int]) -> np.ndarray:
+    """``(seeds, cycles)`` of ``key`` over the seeds every arm finished, common length."""
+    cycles = min(len(runs[s]) for s in seeds)
+    return np.array([[runs[s][c][key] for c in range(cycles)] for s in seeds], dtype=float)
+
+
+def summarize(study: Study) -> dict:
+    """Per arm: labels per cycle, accuracy mean/CI, seconds per acquisition, and the
+    paired difference from its baseline (mean/CI), over the seeds both finished."""
+    out = {}
+    for arm in study.meta["arms"]:
+        label, base = arm["label"], arm["baseline"]
+        runs = study.runs.get(label, {})
+        seeds = sorted(runs)
+        if base:
+            seeds = sorted(set(seeds) & set(study.runs.get(base, {})))
+        if not seeds:
+            continue
+        acc = _matrix(runs, "test_accuracy", seeds)
+        entry = {"seeds": seeds,
+                 "num_labeled": [r["num_labeled"] for r in runs[seeds[0]][:acc.shape[1]]]}
+        entry["accuracy_mean"], entry["accuracy_ci"] = mean_ci(acc)
+        score = _matrix(runs, "seconds_score", seeds)[:, :-1]
+        entry["seconds_score_mean"] = float(score.mean()) if score.size else float("nan")
+        if base:
+            ref = _matrix(study.runs[base], "test_accuracy", seeds)
+            m = min(acc.shape[1], ref.shape[1])
+            entry["diff_mean"], entry["diff_ci"] = mean_ci(acc[:, :m] - ref[:, :m])
+            entry["baseline_mean"] = ref[:, :m].mean(axis=0)
+        out[label] = entry
+    return out
+
+
+def plot_study(study: Study, path: str) -> str:
+    """Accuracy per cycle with 95% bands; a second panel with differences from baselines
+    (random's accuracy written under the zero line), as in the paper's Figs. 2–4."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(study)
+    has_diff = any("diff_mean" in e for e in summary.values())
+    fig, axes = plt.subplots(1, 2 if has_diff else 1, figsize=(12 if has_diff else 6.5, 4.3),
+                             dpi=110, squeeze=False)
+    ax = axes[0, 0]
+    for label, e in summary.items():
+        x, m, ci = np.asarray(e["num_labeled"]), 100 * e["accuracy_mean"], 100 * e["accuracy_ci"]
+        ax.plot(x, m, marker="o", ms=3, label=label)
+        if np.all(np.isfinite(ci)):
+            ax.fill_between(x, m - ci, m + ci, alpha=0.2)
+    ax.set_xlabel("labeled examples")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if has_diff:
+        ax = axes[0, 1]
+        ax.axhline(0.0, color="k", lw=1)
+        shown_base = set()
+        for label, e in summary.items():
+            if "diff_mean" not in e:
+                continue
+            x = np.asarray(e["num_labeled"][:len(e["diff_mean"])])
+            m, ci = 100 * e["diff_mean"], 100 * e["diff_ci"]
+            ax.plot(x, m, marker="o", ms=3, label=f"{label} − {_baseline_of(study, label)}")
+            if np.all(np.isfinite(ci)):
+                ax.fill_between(x, m - ci, m + ci, alpha=0.2)
+            base = _baseline_of(study, label)
+            if base not in shown_base and len(shown_base) == 0:
+                for xi, b in zip(x, e["baseline_mean"]):
+                    ax.annotate(f"{100 * b:.1f}", (xi, 0), textcoords="offset points",
+                                xytext=(0, -12), ha="center", fontsize=7, color="0.3")
+                shown_base.add(base)
+        ax.set_xlabel("labeled examples")
+        ax.set_ylabel("accuracy − baseline (percentage points)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    meta = study.meta
+    fig.suptitle(f"{meta['figure']}: {meta['title']} "
+                 f"({meta['base_config']['dataset']}, {len(meta['seeds'])} seeds)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    records.atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _baseline_of(study: Study, label: str) -> Optional[str]:
+    return next(a["baseline"] for a in study.meta["arms"] if a["label"] == label)
+
+
+def study_markdown(study: Study, image: str) -> str:
+    """A results-page section: setting, command, machine, table (mean ± CI), plot."""
+    meta, summary = study.meta, summarize(study)
+    cfg = meta["base_config"]
+    total = sum(meta.get("run_seconds", {}).values())
+    lines = [f"## {meta['figure']}: {meta['title']}", "",
+             f"Paper's claim: {meta['claim']}", "",
+             f"- command: `{meta['command']}`",
+             f"- setting: {cfg['dataset']}, {cfg['model']} {cfg['model_kwargs']}, initial "
+             f"{cfg['initial_size']}, query {cfg['query_size']}, subset {cfg['subset_size']}, "
+             f"{cfg['cycles']} cycles, {cfg['train']['epochs']} epochs per cycle, loss "
+             f"{cfg['train']['loss']}",
+             f"- seeds: {meta['seeds']}; wall time {total / 60:.1f} min; machine: "
+             f"{meta['machine']['platform']}, {meta['machine']['cpu_count']} CPUs, "
+             f"jax {meta['machine']['jax']} on {', '.join(meta['machine']['devices'])}",
+             ""]
+    labels = list(summary)
+    if labels:
+        n = max(len(e["num_labeled"]) for e in summary.values())
+        lines.append("| labeled | " + " | ".join(labels) + " |")
+        lines.append("|---" * (len(labels) + 1) + "|")
+        ref = max(summary.values(), key=lambda e: len(e["num_labeled"]))
+        for c in range(n):
+            cells = []
+            for e in summary.values():
+                if c >= len(e["accuracy_mean"]):
+                    cells.append("")
+                    continue
+                cell = _pm(e["accuracy_mean"][c], e["accuracy_ci"][c])
+                if "diff_mean" in e and c < len(e["diff_mean"]):
+                    cell += f" (Δ {_pm(e['diff_mean'][c], e['diff_ci'][c], signed=True)})"
+                cells.append(cell)
+            lines.append(f"| {ref['num_labeled'][c]} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("Accuracy in %, mean ± 95% CI over seeds; Δ = paired difference from "
+                     "the arm's baseline in percentage points.")
+        secs = ", ".join(f"{k} {v['seconds_score_mean']:.2f} s" for k, v in summary.items())
+        lines += ["", f"Mean seconds per acquisition (scoring): {secs}.", ""]
+    lines += [f"![{meta['figure']}]({image})", ""]
+    return "\n".join(lines)
+
+
+def _pm(mean: float, ci: float, signed: bool = False) -> str:
+    fmt = "{:+.2f}" if signed else "{:.2f}"
+    s = fmt.format(100 * mean)
+    return s + (f" ± {100 * ci:.2f}" if np.isfinite(ci) else "")
+
+
+def smoke_config(**overrides) -> loop.LoopConfig:
+    """A tiny digits setting (seconds per run) for smoke tests of every figure."""
+    base = loop.LoopConfig(dataset="digits", model="mlp", model_kwargs=(("widths", (32,)),),
+                           cycles=2, initial_size=20, query_size=4, subset_size=40,
+                           train=train_lib.TrainConfig(epochs=2, batch_size=16),
+                           max_train=300, max_test=100)
+    return dataclasses.replace(base, **overrides)

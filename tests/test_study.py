@@ -1,0 +1,87 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookahead_jax import records, study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_mean_ci_matches_hand_t_interval():
+    v = np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])
+    mean, ci = study.mean_ci(v)
+    np.testing.assert_allclose(mean, [3.0, 2.0])
+    # t_{0.975, 2} = 4.302652729749464 (tables); sd = 2, n = 3
+    np.testing.assert_allclose(ci, [4.302652729749464 * 2 / np.sqrt(3), 0.0], rtol=1e-12)
+    m1, c1 = study.mean_ci(v[:1])
+    assert np.all(np.isnan(c1)) and np.allclose(m1, [1.0, 2.0])
+
+
+def _fake_study(root, accs):
+    """Writes a study.json and metric rows: accs = {arm: {seed: [acc per cycle]}}."""
+    arms = [{"label": a, "overrides": {}, "baseline": None if a == "random" else "random"}
+            for a in accs]
+    seeds = sorted({s for v in accs.values() for s in v})
+    records.atomic_write_json(os.path.join(root, "study.json"), {
+        "figure": "fig2", "title": "t", "claim": "c", "command": "cmd", "seeds": seeds,
+        "arms": arms, "machine": study.machine_info(), "run_seconds": {"x": 60.0},
+        "base_config": study.smoke_config().to_dict()})
+    for a, per_seed in accs.items():
+        for s, vals in per_seed.items():
+            d = os.path.join(root, a, f"seed{s}")
+            os.makedirs(d)
+            for c, acc in enumerate(vals):
+                records.append_jsonl(os.path.join(d, "metrics.jsonl"), {
+                    "cycle": c, "num_labeled": 10 + 5 * c, "test_accuracy": acc,
+                    "seconds_score": 0.5})
+
+
+def test_summarize_pairs_seeds_with_the_baseline(tmp_path):
+    _fake_study(str(tmp_path), {"random": {0: [0.5, 0.6], 1: [0.4, 0.7], 2: [0.5, 0.5]},
+                                "mlmoc": {0: [0.5, 0.7], 1: [0.4, 0.9]}})
+    s = study.summarize(study.load_study(str(tmp_path)))
+    assert s["mlmoc"]["seeds"] == [0, 1]  # seed 2 of mlmoc never finished
+    np.testing.assert_allclose(s["mlmoc"]["diff_mean"], [0.0, 0.15])
+    np.testing.assert_allclose(s["random"]["accuracy_mean"], [0.4666666667, 0.6])
+    md = study.study_markdown(study.load_study(str(tmp_path)), "x.png")
+    assert "| 15 | 60.00 ± " in md and "(Δ +15.00 ± " in md
+    png = study.plot_study(study.load_study(str(tmp_path)), str(tmp_path / "p.png"))
+    assert os.path.getsize(png) > 1000
+
+
+def test_report_builds_results_page(tmp_path):
+    from experiments import report
+
+    _fake_study(str(tmp_path / "studies" / "fig2_digits"),
+                {"random": {0: [0.5, 0.6]}, "mlmoc": {0: [0.5, 0.7]}})
+    text = report.build_report(str(tmp_path / "studies"), str(tmp_path / "docs"))
+    assert "## fig2" in text and "`cmd`" in text
+    assert (tmp_path / "docs" / "figures" / "fig2_digits.png").exists()
+
+
+def test_overrides_reach_training_and_strategy_options():
+    cfg = study.apply_overrides(study.smoke_config(), {
+        "strategy": "mlmoc", "train.loss": "ce", "strategy_options": {"kernel": "sum_logits"}})
+    assert cfg.train.loss == "ce" and dict(cfg.strategy_options) == {"kernel": "sum_logits"}
+
+
+@pytest.mark.parametrize("figure", sorted(study.FIGURES))
+def test_every_figure_smoke(figure, tmp_path, digits):
+    """Each figure's runner end to end on a tiny digits setting, so none of them rots."""
+    meta = study.run_study(figure, study.smoke_config(), [0], str(tmp_path), dataset=digits,
+                           log=lambda s: None)
+    s = study.load_study(str(tmp_path))
+    assert all(s.runs[a["label"]] for a in meta["arms"])
+    assert study.summarize(s)
+
+
+def test_figures_cli_smoke(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "experiments.figures", "--figure=fig5b",
+                          "--smoke", "--seeds=0", f"--root={tmp_path}"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "## fig5b" in out.stdout and (tmp_path / "fig5b.png").exists()
