@@ -156,29 +156,32 @@ def loss_fn(logits: jax.Array, labels: jax.Array, weights: jax.Array, loss: str)
 
 @functools.partial(jax.jit, static_argnames=("loss",))
 def train_step(state: TrainState, x: jax.Array, y: jax.Array, w: jax.Array,
-               lr: jax.Array, *, loss: str) -> tuple[TrainState, jax.Array]:
+               lr: jax.Array, key: jax.Array, *, loss: str) -> tuple[TrainState, jax.Array]:
     """One SGD step on a fixed-shape batch.
 
     Args:
       state: current state.
       x: ``(B, H, W, C)`` inputs; y: ``(B,)`` labels; w: ``(B,)`` loss weights.
       lr: ``()`` learning rate for this step.
+      key: PRNG key of this step (dropout masks, for models with ``dropout_rate > 0``).
       loss: ``"mse"`` or ``"ce"`` (static).
 
     Returns:
       ``(new_state, batch_loss)``.
     """
     has_bn = bool(state.batch_stats)
+    rngs = {"dropout": key}
 
     def objective(params):
         variables = {"params": params}
         if has_bn:
             variables["batch_stats"] = state.batch_stats
-            logits, updates = state.model.apply(variables, x, train=True,
+            logits, updates = state.model.apply(variables, x, train=True, rngs=rngs,
                                                 mutable=["batch_stats"])
             new_stats = updates["batch_stats"]
         else:
-            logits, new_stats = state.model.apply(variables, x, train=True), state.batch_stats
+            logits = state.model.apply(variables, x, train=True, rngs=rngs)
+            new_stats = state.batch_stats
         return loss_fn(logits, y, w, loss), new_stats
 
     (value, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
@@ -213,7 +216,7 @@ def fit(state: TrainState, x: np.ndarray, y: np.ndarray, config: TrainConfig, *,
       state: starting state (its optimizer state is used as given).
       x: ``(n, H, W, C)`` float32 labeled inputs; y: ``(n,)`` int32 labels.
       config: the training settings.
-      seed: seeds the shuffling (host-side NumPy generator).
+      seed: seeds the shuffling (host-side NumPy generator) and the dropout masks.
       progress: optional ``progress(epoch, mean_loss)`` callback.
 
     Returns:
@@ -226,13 +229,14 @@ def fit(state: TrainState, x: np.ndarray, y: np.ndarray, config: TrainConfig, *,
     steps_per_epoch = -(-n // config.batch_size)
     total = steps_per_epoch * config.epochs
     x_dev, y_dev = jnp.asarray(x), jnp.asarray(y, jnp.int32)
+    dropout_key = jax.random.key(seed)
     step, last = 0, float("nan")
     for epoch in range(config.epochs):
         losses = []
         for idx, w in _epoch_batches(rng, n, config.batch_size):
             lr = jnp.float32(one_cycle_lr(step, total, config))
             state, value = train_step(state, x_dev[idx], y_dev[idx], jnp.asarray(w), lr,
-                                      loss=config.loss)
+                                      jax.random.fold_in(dropout_key, step), loss=config.loss)
             losses.append(value)
             step += 1
         last = float(jnp.mean(jnp.stack(losses)))

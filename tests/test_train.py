@@ -40,8 +40,9 @@ def test_step_equals_hand_sgd_momentum():
     y = jnp.arange(8) % 4
     w = jnp.ones(8)
     lr = 0.1
-    s1, _ = train.train_step(state, x, y, w, jnp.float32(lr), loss="mse")
-    s2, _ = train.train_step(s1, x, y, w, jnp.float32(lr), loss="mse")
+    key = jax.random.key(0)
+    s1, _ = train.train_step(state, x, y, w, jnp.float32(lr), key, loss="mse")
+    s2, _ = train.train_step(s1, x, y, w, jnp.float32(lr), key, loss="mse")
 
     def grad(p):
         return jax.grad(lambda q: train.loss_fn(m.apply({"params": q}, x), y, w, "mse"))(p)
@@ -99,3 +100,18 @@ def test_divergence_is_reported(tiny_dataset):
     with pytest.raises(FloatingPointError, match="diverged"):
         train.fit(train.create_train_state(m, v, cfg), tiny_dataset.x_train,
                   tiny_dataset.y_train, cfg, seed=0)
+
+
+def test_dropout_model_trains_with_per_step_masks(tiny_dataset):
+    m, v = _setup("mlp", widths=(32,), dropout_rate=0.3)
+    cfg = train.TrainConfig(epochs=2, batch_size=16)
+    a, _ = train.fit(train.create_train_state(m, v, cfg), tiny_dataset.x_train[:40],
+                     tiny_dataset.y_train[:40], cfg, seed=0)
+    b, _ = train.fit(train.create_train_state(m, v, cfg), tiny_dataset.x_train[:40],
+                     tiny_dataset.y_train[:40], cfg, seed=0)
+    c, _ = train.fit(train.create_train_state(m, v, cfg), tiny_dataset.x_train[:40],
+                     tiny_dataset.y_train[:40], cfg, seed=1)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)  # deterministic for a seed
+    assert not all(np.allclose(x, y) for x, y in zip(jax.tree.leaves(a.params),
+                                                      jax.tree.leaves(c.params)))
