@@ -1,0 +1,448 @@
+"""Tests of the NTK look-ahead (lookahead_jax/lookahead.py) against slow, obvious twins.
+
+Every fast path is compared in float64 with: explicit (n+1)×(n+1) augmented-system
+solves (Eq. 11), fresh Cholesky factorisations, straightforward loops over candidates and
+labels, brute-force jacrev kernels, and (Theorem 3.1) real gradient-descent retraining.
+"""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lookahead_jax import lookahead as la
+from lookahead_jax.acquisition import AcquisitionContext, get_strategy, is_sequential
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def random_problem(seed, L=7, U=12, E=None, C=3, full=False, resid=True, P=40):
+    """Random PSD kernels from random features, labels and network outputs (float64).
+
+    Returns a dict of numpy arrays; kernels are (n1, n2) or (n1, n2, C, C) when ``full``.
+    """
+    rng = np.random.RandomState(seed)
+    n = L + U + (E or 0)
+    z = rng.randn(n, C, P) if full else rng.randn(n, P)
+    k = np.einsum("icp,jdp->ijcd", z, z) / P if full else z @ z.T / P
+    sl = lambda a, b: k[a][:, b]
+    iL, iU, iE = np.arange(L), np.arange(L, L + U), np.arange(L + U, n)
+    y = rng.randint(0, C, L)
+    f_l = rng.randn(L, C) * 0.3 + (0 if resid else np.eye(C)[y])
+    if not resid:
+        f_l = np.eye(C)[y].astype(np.float64)
+    out = dict(k_ll=sl(iL, iL), k_ul=sl(iU, iL), k_uu=sl(iU, iU), y_l=y, f_l=f_l,
+               f_u=rng.randn(U, C) * 0.5, num_classes=C, k_all=k, idx=(iL, iU, iE))
+    if E:
+        out.update(k_el=sl(iE, iL), k_eu=sl(iE, iU), f_e=rng.randn(E, C) * 0.5)
+    return out
+
+
+def system_kwargs(p):
+    return {k: v for k, v in p.items() if k not in ("k_all", "idx")}
+
+
+def flat(k):
+    return la.flatten_kernel(k)
+
+
+def krr(k_all, train, test, targets, f_test, f_train, lam, full):
+    """f(test) + Θ(test, train) (Θ(train, train) + λI)⁻¹ (targets − f(train)); (n, C)."""
+    kt = flat(k_all[np.ix_(train, train)])
+    ks = flat(k_all[np.ix_(test, train)])
+    r = (targets - f_train).reshape(len(train) * (kt.shape[0] // len(train)), -1)
+    alpha = np.linalg.solve(kt + lam * np.eye(kt.shape[0]), r)
+    return f_test + (ks @ alpha).reshape(f_test.shape)
+
+
+def direct_lookahead(p, lam, labels, full):
+    """(U, E, C): f^lin_{L+} by solving each augmented system (the 'w/o block' twin)."""
+    iL, iU, iE = p["idx"]
+    C = p["num_classes"]
+    ev = iE if len(iE) else iU
+    f_ev = p["f_e"] if len(iE) else p["f_u"]
+    onehot = np.eye(C)
+    out = []
+    for j in range(len(iU)):
+        train = np.concatenate([iL, iU[j:j + 1]])
+        tgt = np.concatenate([onehot[p["y_l"]], onehot[labels[j]][None]])
+        ftr = np.concatenate([p["f_l"], p["f_u"][j:j + 1]])
+        out.append(krr(p["k_all"], train, ev, tgt, f_ev, ftr, lam, full))
+    return np.stack(out)
+
+
+def lam_of(p, jitter):
+    return jitter * np.mean(np.diagonal(flat(p["k_ll"])))
+
+
+# ----------------------------------------------------------------------------- Eq. 12
+
+
+@pytest.mark.parametrize("full,resid,jitter,E", [
+    (False, True, 1e-3, None), (False, False, 0.0, None), (False, True, 0.0, 5),
+    (True, True, 1e-3, None), (True, False, 0.0, 5), (True, True, 0.0, None)],
+    ids=["first_logit-r-ridge", "first_logit-r0", "first_logit-r-Esep", "full-r-ridge",
+         "full-r0-Esep", "full-r"])
+def test_eq12_equals_augmented_solve(full, resid, jitter, E):
+    with jax.enable_x64(True):
+        p = random_problem(0, E=E, full=full, resid=resid)
+        st, spec, info = la.build_system(**system_kwargs(p), jitter=jitter, chunk_size=4)
+        fast = np.asarray(la.lookahead_outputs(spec, st))[:12]
+        labels = np.argmax(p["f_u"], -1)
+        ref = direct_lookahead(p, lam_of(p, jitter), labels, full)
+        np.testing.assert_allclose(info["lambda"], lam_of(p, jitter))
+        assert np.max(np.abs(fast - ref)) / np.max(np.abs(ref)) < 1e-8
+
+
+# ----------------------------------------------------------------------------- scores vs loops
+
+
+def loop_scores(p, kind, lam, full):
+    """Straightforward loops over candidates and labels (Eq. 2, 3, 13, label flips)."""
+    C = p["num_classes"]
+    U = len(p["idx"][1])
+    f_ref = p["f_e"] if "f_e" in p else p["f_u"]
+    per_label = [direct_lookahead(p, lam, np.full(U, y), full) for y in range(C)]
+    scores = []
+    for j in range(U):
+        logits = p["f_u"][j]
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        yhat = int(np.argmax(logits))
+        if kind == "mlmoc":
+            s = np.sum(np.linalg.norm(per_label[yhat][j] - f_ref, axis=-1))
+        elif kind == "label_flip":
+            s = np.mean(np.argmax(per_label[yhat][j], -1) != np.argmax(f_ref, -1))
+        elif kind == "emoc":
+            s = sum(probs[y] * np.sum(np.linalg.norm(per_label[y][j] - f_ref, axis=-1))
+                    for y in range(C))
+        else:
+            s = 0.0
+            for y in range(C):
+                z = per_label[y][j]
+                q = np.exp(z - z.max(-1, keepdims=True))
+                q /= q.sum(-1, keepdims=True)
+                s -= probs[y] * np.sum(-np.sum(q * np.log(q), -1))
+        scores.append(s)
+    return np.array(scores)
+
+
+@pytest.mark.parametrize("kind,full,E", [(k, False, None) for k in la.KINDS] + [
+    ("mlmoc", True, 6), ("emoc", False, 6), ("eer", True, None), ("label_flip", True, 6)])
+def test_scores_match_loops(kind, full, E):
+    with jax.enable_x64(True):
+        p = random_problem(1, E=E, full=full)
+        st, spec, _ = la.build_system(**system_kwargs(p), jitter=1e-4, chunk_size=5)
+        fast, _ = la.score_candidates(kind, spec, st)
+        fast = np.asarray(fast)[:12]
+        ref = loop_scores(p, kind, lam_of(p, 1e-4), full)
+        np.testing.assert_allclose(fast, ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["mlmoc", "label_flip"])
+def test_permutation_chunk_and_padding_invariance(kind):
+    with jax.enable_x64(True):
+        p = random_problem(2, U=13)
+        base, _ = la.score_candidates(kind, *la.build_system(**system_kwargs(p),
+                                                             chunk_size=13)[1::-1])
+        base = np.asarray(base)
+        for chunk, cap in [(4, None), (5, 30)]:
+            st, spec, _ = la.build_system(**system_kwargs(p), chunk_size=chunk, capacity=cap)
+            s, _ = la.score_candidates(kind, spec, st)
+            np.testing.assert_allclose(np.asarray(s)[:13], base, rtol=1e-10, atol=1e-13)
+        perm = np.random.RandomState(0).permutation(13)
+        q = dict(system_kwargs(p), k_ul=p["k_ul"][perm], k_uu=p["k_uu"][np.ix_(perm, perm)],
+                 f_u=p["f_u"][perm])
+        s, _ = la.score_candidates(kind, *la.build_system(**q, chunk_size=4)[1::-1])
+        np.testing.assert_allclose(np.asarray(s)[:13], base[perm], rtol=1e-10, atol=1e-13)
+
+
+def test_duplicate_candidate_is_clamped():
+    with jax.enable_x64(True):
+        p = random_problem(3)
+        # candidate 0 duplicates labeled point 0: its Schur complement is exactly 0.
+        k = p["k_all"].copy()
+        iL, iU, _ = p["idx"]
+        k[iU[0]] = k[iL[0]]
+        k[:, iU[0]] = k[:, iL[0]]
+        p.update(k_all=k, k_ul=k[np.ix_(iU, iL)], k_uu=k[np.ix_(iU, iU)])
+        st, spec, _ = la.build_system(**system_kwargs(p), jitter=0.0, u_floor=1e-6)
+        s, clamped = la.score_candidates("mlmoc", spec, st)
+        assert int(clamped) >= 1 and np.all(np.isfinite(np.asarray(s)[:12]))
+
+
+# ----------------------------------------------------------------------------- sequential
+
+
+@pytest.mark.parametrize("full,E", [(False, None), (True, 5)], ids=["first_logit-E=U",
+                                                                    "full-E_sep"])
+def test_sequential_updates_match_fresh_solves(full, E):
+    with jax.enable_x64(True):
+        p = random_problem(4, E=E, full=full, U=10)
+        C, jitter = p["num_classes"], 1e-3
+        lam = lam_of(p, jitter)
+        st, spec, _ = la.build_system(**system_kwargs(p), jitter=jitter, chunk_size=5,
+                                      capacity=12, sequential=True)
+        iL, iU, iE = p["idx"]
+        picks, labels = [3, 7, 0, 9], [1, 0, 2, 1]
+        for k, (j, y) in enumerate(zip(picks, labels), start=1):
+            st = la.add_labeled(spec, st, np.int32(j), np.int32(y))
+            train = np.concatenate([iL, iU[picks[:k]]])
+            m = len(train) * spec.block
+            fresh = np.linalg.cholesky(flat(p["k_all"][np.ix_(train, train)]) + lam * np.eye(m))
+            np.testing.assert_allclose(np.asarray(st.chol)[:m, :m], fresh, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(st.chol)[:m, m:], 0.0, atol=1e-14)
+            tgt = np.eye(C)[np.concatenate([p["y_l"], labels[:k]])]
+            ftr = np.concatenate([p["f_l"], p["f_u"][picks[:k]]])
+            lin_u = krr(p["k_all"], train, iU, tgt, p["f_u"], ftr, lam, full)
+            np.testing.assert_allclose(np.asarray(st.lin_u).reshape(-1, C)[:10], lin_u,
+                                       rtol=1e-9, atol=1e-11)
+            if E:
+                lin_e = krr(p["k_all"], train, iE, tgt, p["f_e"], ftr, lam, full)
+                np.testing.assert_allclose(np.asarray(st.lin_e).reshape(-1, C), lin_e,
+                                           rtol=1e-9, atol=1e-11)
+        # The incrementally updated A equals the one of a fresh system on L ∪ picks.
+        q = dict(system_kwargs(p), k_ll=p["k_all"][np.ix_(train, train)],
+                 k_ul=p["k_all"][np.ix_(iU, train)], y_l=np.concatenate([p["y_l"], labels]),
+                 f_l=ftr)
+        if E:
+            q["k_el"] = p["k_all"][np.ix_(iE, train)]
+        # (the fresh λ must equal the sequential λ: pass it through the jitter ratio)
+        st2, _, _ = la.build_system(**q, jitter=lam / np.mean(np.diagonal(flat(q["k_ll"]))),
+                                    chunk_size=5, sequential=True)
+        np.testing.assert_allclose(np.asarray(st.a_uu), np.asarray(st2.a_uu), rtol=1e-8,
+                                   atol=1e-10)
+        avail = np.asarray(st.available)
+        np.testing.assert_allclose(np.asarray(st.schur)[avail], np.asarray(st2.schur)[avail],
+                                   rtol=1e-8, atol=1e-10)
+
+
+def test_sequential_step0_equals_batch_and_later_steps_rescore():
+    with jax.enable_x64(True):
+        p = random_problem(5, U=10)
+        sb, spec_b, _ = la.build_system(**system_kwargs(p), chunk_size=5)
+        ss, spec_s, _ = la.build_system(**system_kwargs(p), chunk_size=5, capacity=20,
+                                        sequential=True)
+        for kind in ("mlmoc", "eer"):
+            b, _ = la.score_candidates(kind, spec_b, sb)
+            s, _ = la.score_candidates(kind, spec_s, ss)
+            np.testing.assert_allclose(np.asarray(s), np.asarray(b), rtol=1e-9, atol=1e-12)
+        ss = la.add_labeled(spec_s, ss, np.int32(2), np.int32(0))
+        s, _ = la.score_candidates("mlmoc", spec_s, ss, ref_is_lin=True)
+        s = np.asarray(s)
+        assert s[2] == -np.inf and np.all(np.isfinite(np.delete(s, 2)))
+        # MLMOC after a step: Σ_{i ≠ picked} ‖f^lin_{+}(x_i) − f^lin(x_i)‖, by direct solves.
+        C, lam = p["num_classes"], lam_of(p, 1e-5)   # build_system's default jitter
+        iL, iU, _ = p["idx"]
+        train = np.concatenate([iL, iU[[2]]])
+        tgt = np.eye(C)[np.concatenate([p["y_l"], [0]])]
+        ftr = np.concatenate([p["f_l"], p["f_u"][[2]]])
+        lin = krr(p["k_all"], train, iU, tgt, p["f_u"], ftr, lam, False)
+        keep = np.arange(10) != 2
+        for j in [0, 5, 9]:
+            yj = int(np.argmax(lin[j]))
+            tr2 = np.concatenate([train, iU[[j]]])
+            new = krr(p["k_all"], tr2, iU, np.concatenate([tgt, np.eye(C)[[yj]]]), p["f_u"],
+                      np.concatenate([ftr, p["f_u"][[j]]]), lam, False)
+            ref = np.sum(np.linalg.norm(new - lin, axis=-1)[keep])
+            np.testing.assert_allclose(s[j], ref, rtol=1e-8)
+
+
+def test_no_recompilation_across_cycles_and_steps():
+    fns = [la._factor, la._batch_scores, la._sequential_scores, la._step_vectors,
+           la._apply_step]
+
+    def cycle(seed, L, sequential):
+        p = random_problem(seed, L=L, U=16, P=60)
+        p = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float64
+                 else v) for k, v in p.items()}
+        st, spec, _ = la.build_system(**system_kwargs(p), capacity=30, chunk_size=8,
+                                      sequential=sequential)
+        if not sequential:
+            return la.score_candidates("mlmoc", spec, st)
+        for t, j in enumerate([1, 5, 9]):
+            la.score_candidates("mlmoc", spec, st, ref_is_lin=t > 0)
+            st = la.add_labeled(spec, st, np.int32(j), np.int32(t % 3))
+
+    for seq in (False, True):
+        cycle(0, 10, seq)
+    sizes = [f._cache_size() for f in fns]
+    for seq in (False, True):
+        cycle(1, 14, seq)          # a larger labeled set, same capacity
+        cycle(2, 20, seq)
+    assert [f._cache_size() for f in fns] == sizes
+
+
+# ----------------------------------------------------------------------------- Theorem 3.1
+
+
+def _mlp_ntk_param(key, width, d_in=3, d_out=2):
+    k1, k2 = jax.random.split(key)
+    return {"W1": jax.random.normal(k1, (d_in, width)), "b1": jnp.zeros(width),
+            "W2": jax.random.normal(k2, (width, d_out)), "b2": jnp.zeros(d_out)}
+
+
+def _mlp_apply(p, x):
+    h = jnp.tanh(x @ p["W1"] / np.sqrt(x.shape[-1]) + 0.1 * p["b1"])
+    return h @ p["W2"] / np.sqrt(h.shape[-1]) + 0.1 * p["b2"]
+
+
+def _train_gd(params, x, y, steps, lr):
+    def loss(p):
+        return 0.5 * jnp.sum((_mlp_apply(p, x) - y) ** 2)
+
+    g = jax.grad(loss)
+    return jax.lax.fori_loop(0, steps,
+                             lambda _, p: jax.tree.map(lambda a, b: a - lr * b, p, g(p)),
+                             params)
+
+
+def _brute_ntk_full(params, x1, x2):
+    """Θ(x1, x2) (n1, n2, C, C) by jacrev, flattened and contracted (float64)."""
+    def jac(x):
+        j = jax.vmap(jax.jacrev(lambda p, xi: _mlp_apply(p, xi[None])[0]), (None, 0))(params, x)
+        return jnp.concatenate([a.reshape(x.shape[0], a.shape[1], -1)
+                                for a in jax.tree.leaves(j)], -1)
+
+    return jnp.einsum("icp,jdp->ijcd", jac(x1), jac(x2))
+
+
+def retrain_vs_linearised(width, seed=0, n=8, n_eval=20, steps=20000, lr=0.3):
+    """Relative error ‖f_{L+} − f^lin_{L+}‖ / ‖f_{L+} − f_L‖ on held-out points (Eq. 11)."""
+    key = jax.random.PRNGKey(seed)
+    kx, kp = jax.random.split(key)
+    x = jax.random.normal(kx, (n + 1 + n_eval, 3))
+    y = (x[:, 0] > 0).astype(jnp.int32)
+    xl, yl, xc, xe = x[:n], y[:n], x[n:n + 1], x[n + 1:]
+    p0 = _mlp_ntk_param(kp, width)
+    pl = _train_gd(p0, xl, jax.nn.one_hot(yl, 2), steps, lr)
+    f_l, f_c, f_e = _mlp_apply(pl, xl), _mlp_apply(pl, xc), _mlp_apply(pl, xe)
+    y_c = jnp.argmax(f_c, -1)          # the pseudo-label, as in MLMOC
+    x_plus = jnp.concatenate([xl, xc])
+    p_plus = _train_gd(pl, x_plus, jax.nn.one_hot(jnp.concatenate([yl, y_c]), 2), steps, lr)
+    retrained = _mlp_apply(p_plus, xe)
+    st, spec, _ = la.build_system(
+        _brute_ntk_full(pl, xl, xl), _brute_ntk_full(pl, xc, xl), np.asarray(yl),
+        np.asarray(f_l), np.asarray(f_c), num_classes=2, k_uu=_brute_ntk_full(pl, xc, xc),
+        k_el=_brute_ntk_full(pl, xe, xl), k_eu=_brute_ntk_full(pl, xe, xc), f_e=np.asarray(f_e),
+        jitter=0.0, chunk_size=1)
+    lin = np.asarray(la.lookahead_outputs(spec, st, labels=y_c))[0]
+    resid = float(jnp.max(jnp.abs(_mlp_apply(p_plus, x_plus) - jax.nn.one_hot(
+        jnp.concatenate([yl, y_c]), 2))))
+    assert resid < 1e-3, f"width {width}: GD did not converge (max residual {resid})"
+    return float(np.linalg.norm(retrained - lin) / np.linalg.norm(retrained - f_e))
+
+
+@pytest.mark.slow
+def test_theorem_3_1_linearised_retraining_matches_with_width():
+    with jax.enable_x64(True):
+        errs = {w: retrain_vs_linearised(w) for w in (256, 1024, 4096)}
+    print("relative error of Eq. 11 vs retraining, per width:", errs)
+    assert errs[256] > errs[1024] > errs[4096]
+    assert errs[4096] < 0.02
+
+
+# ----------------------------------------------------------------------------- strategy glue
+
+
+def _context(seed=0, L=10, U=24, C=3, label_fn=None, **options):
+    from lookahead_jax import models
+    model = models.create_model("mlp", C, widths=(32,))
+    variables = models.init_variables(model, jax.random.PRNGKey(seed), (4, 4, 1))
+    rng = np.random.RandomState(seed)
+    x = rng.randn(L + U, 4, 4, 1).astype(np.float32)
+    return AcquisitionContext(
+        apply_fn=models.bind_eval(model, variables), params=variables["params"],
+        x_labeled=jnp.asarray(x[:L]), y_labeled=jnp.asarray(rng.randint(0, C, L)),
+        x_candidates=jnp.asarray(x[L:]), num_classes=C, query_size=4,
+        key=jax.random.PRNGKey(1), label_fn=label_fn, labeled_capacity=L + 8,
+        options=options)
+
+
+@pytest.mark.parametrize("name,kernel", [(k, "first_logit") for k in la.KINDS] + [
+    ("mlmoc", "sum_logits"), ("emoc", "full")])
+def test_strategy_end_to_end(name, kernel):
+    ctx = _context(kernel=kernel, chunk_size=8)
+    sel = get_strategy(name)(ctx)
+    assert is_sequential(name)
+    assert len(set(sel.indices.tolist())) == 4 and np.all((0 <= sel.indices) & (sel.indices < 24))
+    assert sel.scores.shape == (24,) and np.all(np.isfinite(sel.scores))
+    assert "jitter" in sel.info and "clamped" in sel.info
+    sel2 = get_strategy(name)(ctx)
+    np.testing.assert_array_equal(sel.indices, sel2.indices)
+    np.testing.assert_array_equal(sel.scores, sel2.scores)
+
+
+def test_strategy_matches_bruteforce_kernels_and_eval_set_and_streaming():
+    ctx = _context(chunk_size=8)
+    base = get_strategy("mlmoc")(ctx)
+    ll, ul, uu = la._bruteforce_kernel_set(ctx.apply_fn, ctx.params, ctx.x_labeled,
+                                           ctx.x_candidates, "first_logit")
+    np.testing.assert_allclose(np.asarray(la._kernels(ctx, "first_logit", None, False)[0]
+                                          ["k_uu"]), np.asarray(uu), rtol=2e-4, atol=1e-5)
+    # Θ(U, U) from upper tiles + mirroring (tile 5 of 24: ragged tiles), scalar and full.
+    for out in ("first_logit", "full"):
+        ref = la._bruteforce_kernel_set(ctx.apply_fn, ctx.params, ctx.x_labeled,
+                                        ctx.x_candidates, out)[2]
+        tiled = la._kernels(_context(chunk_size=8, gram_tile=5), out, None, False)[0]["k_uu"]
+        np.testing.assert_allclose(tiled, np.asarray(ref), rtol=2e-4, atol=1e-5)
+    stream = get_strategy("mlmoc")(_context(chunk_size=8, streaming=True))
+    np.testing.assert_allclose(stream.scores, base.scores, rtol=1e-4)
+    # An explicit evaluation set equal to the candidates gives the same scores.
+    sep = get_strategy("mlmoc")(_context(chunk_size=8, eval_x=ctx.x_candidates))
+    np.testing.assert_allclose(sep.scores, base.scores, rtol=1e-4)
+
+
+def test_strategy_sequential_records_labels_in_order():
+    asked = []
+
+    def label_fn(j):
+        asked.append(j)
+        return j % 3
+
+    ctx = _context(label_fn=label_fn, chunk_size=8)
+    sel = get_strategy("mlmoc")(ctx)
+    assert asked == sel.indices.tolist() and len(set(asked)) == 4
+    np.testing.assert_array_equal(sel.revealed, np.asarray(asked) % 3)
+    batch = get_strategy("mlmoc")(_context(chunk_size=8))
+    assert sel.indices[0] == batch.indices[0]
+    np.testing.assert_allclose(sel.scores, batch.scores, rtol=1e-5)
+
+
+def test_benchmark_quick(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "lookahead_bench.py"),
+                        "--quick", "--skip-scale", "--out", str(out)], capture_output=True,
+                       text=True,
+                       timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+    res = json.loads(out.read_text())
+    per = res["per_acquisition"]
+    assert res["quick"] and per["block_s"] > 0 and per["seq_step_ms_median"] > 0
+    assert per["no_block_vs_block_max_rel_diff"] < 1e-2     # (a), (b) agree (float32)
+
+
+def test_without_block_equals_block_scores():
+    """The paper's "NTK w/o Block" path (every augmented system solved) scores the same."""
+    from test_acquisition import make_context
+
+    with jax.enable_x64(True):
+        ctx = make_context(num_candidates=25)
+        ctx = dataclasses.replace(ctx, x_labeled=jnp.asarray(ctx.x_labeled, jnp.float64),
+                                  x_candidates=jnp.asarray(ctx.x_candidates, jnp.float64),
+                                  params=jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                                                      ctx.params))
+        with_block = get_strategy("mlmoc")(ctx)
+        without = get_strategy("mlmoc")(dataclasses.replace(ctx, options={"block": False}))
+    np.testing.assert_allclose(without.scores, with_block.scores, rtol=1e-8)
+    np.testing.assert_array_equal(without.indices, with_block.indices)
+    with pytest.raises(ValueError, match="w/o Block"):
+        get_strategy("emoc")(dataclasses.replace(ctx, options={"block": False}))
