@@ -267,11 +267,10 @@ def scale(cfg, res):
     f = models.bind_eval(model, {"params": params})
     res["scale_f_L_train_acc"] = float(np.mean(np.argmax(np.asarray(
         predict_in_chunks(f, params, jnp.asarray(x[:L]))), -1) == y[:L]))
-    f_ntk = la._ntk_callable(f)
     x_l, y_l, x_u = jnp.asarray(x[:L]), y[:L], jnp.asarray(x[L:])
     t0 = time.perf_counter()
-    fl = ntk.ntk_features(f_ntk, params, x_l)
-    fu = ntk.ntk_features(f_ntk, params, x_u)
+    fl = ntk.ntk_features(f, params, x_l)
+    fu = ntk.ntk_features(f, params, x_u)
     block(fu)
     res["scale_features_s"] = time.perf_counter() - t0
     k = cfg["scale_chunk"]

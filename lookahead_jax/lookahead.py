@@ -510,14 +510,6 @@ def streaming_scores(kind: str, spec: Spec, state: LookaheadState,
 # ----------------------------------------------------------------------------- sequential
 
 
-def _outer_add(a, left, right):
-    """``a + left @ right.T`` for thin ``left, right`` ``(m, B)``, as B broadcast outer
-    products (XLA:CPU runs a K = 1 dot far slower than the elementwise form)."""
-    for i in range(left.shape[1]):
-        a = a + left[:, i, None] * right[None, :, i]
-    return a
-
-
 class _StepVectors(NamedTuple):
     """What one sequential step reads from the state before writing it (small arrays)."""
 
@@ -687,84 +679,12 @@ def _augmented_chunk(k_ll, k_ul, k_uu, r, yhat, f_u, lam, js):
 # ----------------------------------------------------------------------------- strategy glue
 
 
-def _bruteforce_kernel_set(f, params, x_l, x_u, output):  # FALLBACK: only without ntk.py
-    """Minimal jacrev NTK, used only if ``lookahead_jax.ntk`` cannot be imported."""
-    def jac(x):
-        def g(p, xi):
-            out = f(p, xi[None])[0]
-            if output == "first_logit":
-                return out[0]
-            if output == "sum_logits":
-                return jnp.sum(out) / jnp.sqrt(out.shape[0])
-            return out
-        j = jax.vmap(jax.jacrev(g), in_axes=(None, 0))(params, x)
-        leaves = [a.reshape(x.shape[0], -1) if output in ("first_logit", "sum_logits")
-                  else a.reshape(x.shape[0], a.shape[1], -1) for a in jax.tree.leaves(j)]
-        return jnp.concatenate(leaves, axis=-1)
-
-    jl, ju = jac(x_l), jac(x_u)
-    if output in ("first_logit", "sum_logits"):
-        k = lambda a, c: a @ c.T
-    elif output == "trace":
-        k = lambda a, c: jnp.einsum("icp,jcp->ij", a, c)
-    else:
-        k = lambda a, c: jnp.einsum("icp,jdp->ijcd", a, c)
-    return k(jl, jl), k(ju, jl), k(ju, ju)
-
-
-_LEAFLESS_FNS: dict = {}
-
-
-def _ntk_callable(f):
-    """Works around ntk.py hashing a leaf-less pytree ``f`` (e.g. a BoundModel of an MLP
-    without batch_stats, whose ``state`` dict is unhashable): one plain function per
-    treedef, cached, so a new cycle's ``f`` still reuses the compiled code."""
-    leaves, treedef = jax.tree.flatten(f)
-    if leaves:   # plain functions flatten to [f]; pytrees with arrays are fine
-        return f
-    fn = _LEAFLESS_FNS.get(treedef)
-    if fn is None:
-        g = jax.tree.unflatten(treedef, [])
-        fn = _LEAFLESS_FNS.setdefault(treedef, lambda params, x: g(params, x))
-    return fn
-
-
-def _symmetric_gram(ntk, kf, feats, tile: int) -> np.ndarray:
-    """Θ(U, U) from features, computing only the tiles on and above the diagonal.
-
-    Θ is symmetric (Θ(x', x) = Θ(x, x')ᵀ over the C axes for ``"full"``), so the tiles
-    below the diagonal are mirrored: (T+1)/(2T) of the contractions for T tiles
-    (≈ 0.56× at U = 4000, tile 512), the dominant cost of a cycle.
-    """
-    n = int(feats.n)
-    starts = list(range(0, n, tile))
-    out = None
-    for a, i0 in enumerate(starts):
-        fi = ntk.slice_features(feats, i0, min(i0 + tile, n))
-        for j0 in starts[a:]:
-            blk = np.asarray(kf(fi, ntk.slice_features(feats, j0, min(j0 + tile, n))))
-            if out is None:
-                out = np.empty((n, n) + blk.shape[2:], blk.dtype)
-            i1, j1 = i0 + blk.shape[0], j0 + blk.shape[1]
-            out[i0:i1, j0:j1] = blk
-            if j0 != i0:
-                out[j0:j1, i0:i1] = blk.transpose((1, 0) + ((3, 2) if blk.ndim == 4 else ()))
-    return out
-
-
 def _kernels(ctx: AcquisitionContext, output: str, x_eval, streaming: bool):
     """Θ_LL, Θ_UL, Θ_UU (or its diagonal + feature handles), and eval blocks."""
-    ctx = dataclasses.replace(ctx, apply_fn=_ntk_callable(ctx.apply_fn))
     impl = ctx.option("ntk_implementation", "auto")
     nchunk = ctx.option("ntk_chunk_size", None)
-    try:
-        from lookahead_jax import ntk
-    except ImportError:  # pragma: no cover - FALLBACK, see _bruteforce_kernel_set
-        if streaming or x_eval is not None:
-            raise
-        ll, ul, uu = _bruteforce_kernel_set(ctx.apply_fn, ctx.params, ctx.x_labeled,
-                                            ctx.x_candidates, output)
-        return dict(k_ll=ll, k_ul=ul, k_uu=uu), None
+    from lookahead_jax import ntk
+
     kw = dict(output=output, implementation=impl, chunk_size=nchunk)
     if impl == "jvp_vjp" and not streaming and x_eval is None:   # no per-example features
         ks = ntk.kernel_set(ctx.apply_fn, ctx.params, ctx.x_labeled, ctx.x_candidates, **kw)
@@ -777,7 +697,8 @@ def _kernels(ctx: AcquisitionContext, output: str, x_eval, streaming: bool):
     if x_eval is not None:
         out["k_el"] = kf(fe, fl)
     if not streaming:
-        out["k_uu"] = _symmetric_gram(ntk, kf, fu, int(ctx.option("gram_tile", 512)))
+        # Θ(U, U) is symmetric: the engine computes the tiles on and above the diagonal
+        out["k_uu"] = ntk.kernel_from_features(fu, fu, chunk_size=int(ctx.option("gram_tile", 512)))
         if x_eval is not None:
             out["k_eu"] = kf(fe, fu)
         return out, None

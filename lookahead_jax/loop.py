@@ -410,10 +410,7 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
         if cycle < config.cycles - 1:
             cand = draw_candidates(state, config, subset)
             key = jax.random.fold_in(state.key, cycle)
-            label_fn = None
-            if config.sequential:
-                def label_fn(j, _cand=cand, _cycle=cycle):
-                    return int(oracle(_cand[[int(j)]], cycle=_cycle)[0])
+            label_fn = _label_fn(oracle, cand, cycle) if config.sequential else None
             ctx = acquisition.AcquisitionContext(
                 apply_fn=models.bind_eval(model, variables), params=variables["params"],
                 variables=variables, model=model, x_labeled=x_pool[labeled_idx],
@@ -446,6 +443,15 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
         if stop_after_cycle is not None and cycle >= stop_after_cycle:
             break
     return RunResult(metrics=store.rows("metrics"), queries=queries, state=state)
+
+
+def _label_fn(oracle: RecordingOracle, cand: np.ndarray, cycle: int):
+    """``label_fn(j)``: the true label of candidate position ``j``, persisted at once."""
+
+    def label_fn(j: int) -> int:
+        return int(oracle(cand[[int(j)]], cycle=cycle)[0])
+
+    return label_fn
 
 
 def _check_selection(selection: acquisition.Selection, config: LoopConfig,
