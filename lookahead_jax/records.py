@@ -122,12 +122,10 @@ def plot_learning_curves(curves: dict[str, tuple[Sequence[int], Sequence[float]]
     """
     import io
 
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig = Figure(figsize=(6, 4), dpi=110)
+    ax = fig.subplots()
     for label, (n, acc) in curves.items():
         ax.plot(n, 100 * np.asarray(acc, dtype=float), marker="o", ms=3, label=label)
     ax.set_xlabel("labeled examples")
@@ -140,6 +138,5 @@ def plot_learning_curves(curves: dict[str, tuple[Sequence[int], Sequence[float]]
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path

@@ -302,15 +302,12 @@ def plot_study(study: Study, path: str) -> str:
     (random's accuracy written under the zero line), as in the paper's Figs. 2–4."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
 
     summary = summarize(study)
     has_diff = any("diff_mean" in e for e in summary.values())
-    fig, axes = plt.subplots(1, 2 if has_diff else 1, figsize=(12 if has_diff else 6.5, 4.3),
-                             dpi=110, squeeze=False)
+    fig = Figure(figsize=(12 if has_diff else 6.5, 4.3), dpi=110)
+    axes = fig.subplots(1, 2 if has_diff else 1, squeeze=False)
     ax = axes[0, 0]
     for label, e in summary.items():
         x, m, ci = np.asarray(e["num_labeled"]), 100 * e["accuracy_mean"], 100 * e["accuracy_ci"]
@@ -349,7 +346,6 @@ def plot_study(study: Study, path: str) -> str:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     records.atomic_write_bytes(path, buf.getvalue())
     return path
 
