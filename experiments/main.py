@@ -3,7 +3,7 @@
 Only parses flags; the work is ``lookahead_jax.loop.run_strategies``, the same function
 tests and notebooks call. Settings come from ``experiments/configs/<dataset>.py`` (or
 ``--config=<name>``); any flag given overrides the config. With no flags it runs the
-embedded default (digits, a small MLP, random vs. entropy) on the CPU in about a minute.
+embedded default (digits, a small MLP, random vs. MLMOC) on the CPU in about a minute.
 """
 
 import os

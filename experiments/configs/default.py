@@ -1,4 +1,4 @@
-"""The embedded default: scikit-learn's 8×8 digits, a small MLP, random vs. entropy.
+"""The embedded default: scikit-learn's 8×8 digits, a small MLP, random vs. MLMOC.
 
 Needs no download, no TensorFlow and no GPU; about a minute on 2 CPU cores:
 
@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.dataset = "digits"
     c.model = "mlp"
     c.model_kwargs = {"widths": (256, 256)}
-    c.strategy = "random,entropy"  # comma-separated: one run per strategy
+    c.strategy = "random,mlmoc"  # comma-separated: one run per strategy
     c.strategy_options = {}
     c.sequential = False
     c.cycles = 6
