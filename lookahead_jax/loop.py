@@ -330,6 +330,16 @@ class RunResult(struct.PyTreeNode):
     state: ALState
 
 
+def load_config_dataset(config: LoopConfig):
+    """The ``data.Dataset`` named by ``config`` (its data_dir, manual_dir, subsampling)."""
+    from lookahead_jax import data
+
+    return data.load_dataset(config.dataset, data_dir=config.data_dir,
+                             manual_dir=config.manual_dir, download=config.download,
+                             max_train=config.max_train, max_test=config.max_test,
+                             seed=config.seed)
+
+
 def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
         oracle: Optional[Oracle] = None, log: Callable[[str], None] = print,
         stop_after_cycle: Optional[int] = None) -> RunResult:
@@ -350,10 +360,7 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
 
     validate_config(config)
     if dataset is None:
-        dataset = data.load_dataset(config.dataset, data_dir=config.data_dir,
-                                    manual_dir=config.manual_dir, download=config.download,
-                                    max_train=config.max_train, max_test=config.max_test,
-                                    seed=config.seed)
+        dataset = load_config_dataset(config)
     else:
         data.validate_dataset(dataset)
     pool = int(dataset.x_train.shape[0])
@@ -513,7 +520,6 @@ def run_strategies(config: LoopConfig, strategies: Sequence[str], workdir: Optio
     ``workdir/learning_curves.png`` with one line per strategy and returns
     ``{strategy: RunResult}``.
     """
-    from lookahead_jax import data
 
     configs = {s: dataclasses.replace(config, strategy=s) for s in strategies}
     if not configs:
@@ -521,10 +527,7 @@ def run_strategies(config: LoopConfig, strategies: Sequence[str], workdir: Optio
     for c in configs.values():
         validate_config(c)
     if dataset is None:
-        dataset = data.load_dataset(config.dataset, data_dir=config.data_dir,
-                                    manual_dir=config.manual_dir, download=config.download,
-                                    max_train=config.max_train, max_test=config.max_test,
-                                    seed=config.seed)
+        dataset = load_config_dataset(config)
     for c in configs.values():
         validate_config(c, int(dataset.x_train.shape[0]))
     results = {}

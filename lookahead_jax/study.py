@@ -180,8 +180,6 @@ def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: st
     Returns:
       the study record (also in ``root/study.json``).
     """
-    from lookahead_jax import data
-
     fig = get_figure(figure)
     all_arms = fig.arms(base)
     chosen = [a for a in all_arms if arms is None or a.label in arms]
@@ -195,10 +193,7 @@ def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: st
     for cfg in configs.values():
         loop.validate_config(cfg)
     if dataset is None:
-        dataset = data.load_dataset(base.dataset, data_dir=base.data_dir,
-                                    manual_dir=base.manual_dir, download=base.download,
-                                    max_train=base.max_train, max_test=base.max_test,
-                                    seed=base.seed)
+        dataset = loop.load_config_dataset(base)
     path = os.path.join(root, "study.json")
     previous = records.read_json(path) if os.path.exists(path) else {}
     meta = {
