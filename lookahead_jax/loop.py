@@ -476,7 +476,7 @@ def _check_selection(selection: acquisition.Selection, config: LoopConfig,
 def _progress_line(row: dict, config: LoopConfig) -> str:
     return (f"[{config.strategy}] cycle {row['cycle'] + 1}/{config.cycles}  "
             f"labeled {row['num_labeled']:>6d}  test acc {100 * row['test_accuracy']:6.2f}%  "
-            f"loss {row['train_loss']:.4f}  train {row['seconds_train']:.1f}s  "
+            f"loss {row['train_loss']:.2e}  train {row['seconds_train']:.1f}s  "
             f"score {row['seconds_score']:.2f}s")
 
 

@@ -303,12 +303,13 @@ def plot_study(study: Study, path: str) -> str:
     has_diff = any("diff_mean" in e for e in summary.values())
     fig = Figure(figsize=(12 if has_diff else 6.5, 4.3), dpi=110)
     axes = fig.subplots(1, 2 if has_diff else 1, squeeze=False)
+    color = {label: f"C{i % 10}" for i, label in enumerate(summary)}  # same in both panels
     ax = axes[0, 0]
     for label, e in summary.items():
         x, m, ci = np.asarray(e["num_labeled"]), 100 * e["accuracy_mean"], 100 * e["accuracy_ci"]
-        ax.plot(x, m, marker="o", ms=3, label=label)
+        ax.plot(x, m, marker="o", ms=3, label=label, color=color[label])
         if np.all(np.isfinite(ci)):
-            ax.fill_between(x, m - ci, m + ci, alpha=0.2)
+            ax.fill_between(x, m - ci, m + ci, alpha=0.2, color=color[label])
     ax.set_xlabel("labeled examples")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
@@ -322,9 +323,10 @@ def plot_study(study: Study, path: str) -> str:
                 continue
             x = np.asarray(e["num_labeled"][:len(e["diff_mean"])])
             m, ci = 100 * e["diff_mean"], 100 * e["diff_ci"]
-            ax.plot(x, m, marker="o", ms=3, label=f"{label} − {_baseline_of(study, label)}")
+            ax.plot(x, m, marker="o", ms=3, label=f"{label} − {_baseline_of(study, label)}",
+                    color=color[label])
             if np.all(np.isfinite(ci)):
-                ax.fill_between(x, m - ci, m + ci, alpha=0.2)
+                ax.fill_between(x, m - ci, m + ci, alpha=0.2, color=color[label])
             base = _baseline_of(study, label)
             if base not in shown_base and len(shown_base) == 0:
                 for xi, b in zip(x, e["baseline_mean"]):
