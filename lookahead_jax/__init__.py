@@ -32,6 +32,11 @@ _NAMES = {
     "fit": "train", "train_step": "train", "accuracy": "train",
     # NTK engine
     "empirical_ntk_fn": "ntk", "kernel_set": "ntk", "KernelSet": "ntk",
+    "ntk_features": "ntk", "kernel_from_features": "ntk", "slice_features": "ntk",
+    "infinite_mlp_kernels": "infinite",
+    # look-ahead (Eq. 11-13) and sequential updates
+    "build_system": "lookahead", "score_candidates": "lookahead", "add_labeled": "lookahead",
+    "lookahead_select": "lookahead", "augmented_system_scores": "lookahead",
     # strategies
     "AcquisitionContext": "acquisition", "Selection": "acquisition",
     "register_strategy": "acquisition", "get_strategy": "acquisition",

@@ -17,3 +17,13 @@ def test_library_example_runs():
     picked = np.asarray(scope["picked"])
     assert picked.shape == (20,) and np.unique(picked).size == 20
     assert picked.min() >= 0 and picked.max() < 1000
+
+
+def test_every_public_name_resolves_and_is_documented():
+    import lookahead_jax
+
+    for name in lookahead_jax.__all__:
+        obj = getattr(lookahead_jax, name)
+        assert obj is not None
+        if callable(obj) and not isinstance(obj, type(lookahead_jax)):
+            assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
