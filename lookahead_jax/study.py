@@ -83,8 +83,12 @@ def _fig1b(base):
 
 def _fig2(base):
     arms = [Arm("random", {"strategy": "random"})]
-    for s in ("mlmoc", "entropy", "margin", "badge", "ll4al", "coreset", "bald"):
+    for s in ("mlmoc", "entropy", "margin", "badge", "ll4al", "coreset"):
         arms.append(Arm(s, {"strategy": s}, "random"))
+    # BALD needs a network trained with dropout (MC dropout, Gal et al. 2017)
+    dropout = {**dict(base.model_kwargs), "dropout_rate": 0.5}
+    arms.append(Arm("bald", {"strategy": "bald", "model_kwargs": dropout,
+                             "strategy_options": {"strict": True}}, "random"))
     return arms
 
 
@@ -198,11 +202,15 @@ def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: st
     previous = records.read_json(path) if os.path.exists(path) else {}
     meta = {
         "figure": figure, "title": fig.title, "claim": fig.claim,
-        "command": command or previous.get("command", ""),
+        # every command that added runs to this study, in order
+        "commands": _append_unique(previous.get("commands") or (
+            [previous["command"]] if previous.get("command") else []), command),
         "machine": machine_info(), "seeds": list(seeds),
+        # a run of some arms (--arms) keeps the arms an earlier run of this study recorded
         "arms": [{"label": a.label, "overrides": {k: records.dumps(v) for k, v in
                                                   a.overrides.items()},
-                  "baseline": a.baseline} for a in chosen],
+                  "baseline": a.baseline} for a in all_arms
+                 if a in chosen or a.label in {p["label"] for p in previous.get("arms", [])}],
         "base_config": base.to_dict(),
         "started": previous.get("started", _now()),
         "run_seconds": previous.get("run_seconds", {}),
@@ -218,6 +226,10 @@ def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: st
             meta["finished"] = _now()
             records.atomic_write_json(path, meta)
     return meta
+
+
+def _append_unique(items: list, item: str) -> list:
+    return list(items) + ([item] if item and item not in items else [])
 
 
 def _now() -> str:
@@ -358,7 +370,7 @@ def study_markdown(study: Study, image: str) -> str:
     total = sum(meta.get("run_seconds", {}).values())
     lines = [f"## {meta['figure']}: {meta['title']}", "",
              f"Paper's claim: {meta['claim']}", "",
-             f"- command: `{meta['command']}`",
+             "- command(s): " + "; ".join(f"`{c}`" for c in meta.get("commands", [])),
              f"- setting: {cfg['dataset']}, {cfg['model']} {cfg['model_kwargs']}, initial "
              f"{cfg['initial_size']}, query {cfg['query_size']}, subset {cfg['subset_size']}, "
              f"{cfg['cycles']} cycles, {cfg['train']['epochs']} epochs per cycle, loss "

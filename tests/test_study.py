@@ -27,7 +27,7 @@ def _fake_study(root, accs):
             for a in accs]
     seeds = sorted({s for v in accs.values() for s in v})
     records.atomic_write_json(os.path.join(root, "study.json"), {
-        "figure": "fig2", "title": "t", "claim": "c", "command": "cmd", "seeds": seeds,
+        "figure": "fig2", "title": "t", "claim": "c", "commands": ["cmd"], "seeds": seeds,
         "arms": arms, "machine": study.machine_info(), "run_seconds": {"x": 60.0},
         "base_config": study.smoke_config().to_dict()})
     for a, per_seed in accs.items():
