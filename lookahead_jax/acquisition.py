@@ -197,12 +197,6 @@ def is_sequential(name: str) -> bool:
     return _REGISTRY[name].sequential
 
 
-def describe_strategies() -> dict[str, str]:
-    """``{name: first line of its docstring}`` for ``--help`` texts."""
-    _ensure_builtin_strategies()
-    return {k: v.doc for k, v in sorted(_REGISTRY.items())}
-
-
 # ----------------------------------------------------------------------------- helpers
 
 

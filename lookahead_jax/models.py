@@ -242,10 +242,6 @@ def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int])
     return dict(variables)
 
 
-def count_params(params: PyTree) -> int:
-    return int(sum(p.size for p in jax.tree.leaves(params)))
-
-
 class BoundModel(struct.PyTreeNode):
     """The pure ``f(params, x) -> (n, C)`` view of a model in evaluation mode.
 
