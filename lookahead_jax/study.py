@@ -40,12 +40,17 @@ class Arm(NamedTuple):
 
 
 class Figure(NamedTuple):
-    """A figure of the paper as arms over a base config."""
+    """A figure of the paper as arms over a base config.
+
+    ``checks`` turns a finished study into :class:`Claim` verdicts, computed from the
+    runs' records (see :func:`check_claims`).
+    """
 
     name: str
     title: str
     claim: str
     arms: Callable[[loop.LoopConfig], list]
+    checks: Optional[Callable[["Study"], list]] = None
 
 
 def apply_overrides(base: loop.LoopConfig, overrides: Mapping[str, Any]) -> loop.LoopConfig:
@@ -66,11 +71,13 @@ def apply_overrides(base: loop.LoopConfig, overrides: Mapping[str, Any]) -> loop
 
 
 def _fig1a(base):
+    # differences are taken against the proposed method: w/o block must be ~0 (same
+    # algebra, Eq. 12 vs. direct solves), naive is the paper's accuracy comparison
     return [Arm("ntk_block", {"strategy": "mlmoc"}),
             Arm("ntk_without_block", {"strategy": "mlmoc",
-                                      "strategy_options": {"block": False}}),
+                                      "strategy_options": {"block": False}}, "ntk_block"),
             Arm("naive", {"strategy": "naive_lookahead",
-                          "strategy_options": {"epochs": 15}})]
+                          "strategy_options": {"epochs": 15}}, "ntk_block")]
 
 
 def _fig1b(base):
@@ -100,7 +107,7 @@ def _fig3a(base):
 
 def _fig3b(base):
     arms = []
-    for w in (128, 256, 512):
+    for w in (128, 256, 512, 1024):
         kw = _width_kwargs(base, w)
         arms.append(Arm(f"random_w{w}", {"strategy": "random", "model_kwargs": kw}))
         arms.append(Arm(f"ntk_w{w}", {"strategy": "mlmoc", "model_kwargs": kw},
@@ -128,22 +135,175 @@ def _fig5b(base):
             Arm("ntk_ce", {"strategy": "mlmoc", "train.loss": "ce"}, "random_ce")]
 
 
+# ----------------------------------------------------------------------------- claims
+
+
+class Claim(NamedTuple):
+    """One of the paper's claims, checked against a study's records.
+
+    Attributes:
+      statement: the claim, in numbers.
+      measured: what the runs show (mean ± 95% CI over seeds).
+      holds: True / False, or None where the runs cannot decide (arm not run, one seed).
+    """
+
+    statement: str
+    measured: str
+    holds: Optional[bool]
+
+
+def paired_average(study: "Study", arm: str, ref: str) -> tuple[float, float, int]:
+    """Mean and 95% CI (over seeds) of arm − ref accuracy, averaged over the acquisition
+    cycles (every cycle after the first, whose labeled set is the shared random one).
+
+    One number per seed, paired by seed, over the seeds both arms finished and their
+    common cycles. Returns ``(mean, ci, n_seeds)``; NaNs where fewer than 2 seeds.
+    """
+    a, b = study.runs.get(arm, {}), study.runs.get(ref, {})
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return float("nan"), float("nan"), 0
+    x, y = _matrix(a, "test_accuracy", seeds), _matrix(b, "test_accuracy", seeds)
+    m = min(x.shape[1], y.shape[1])
+    d = (x[:, :m] - y[:, :m])[:, 1:] if m > 1 else x[:, :m] - y[:, :m]
+    mean, ci = mean_ci(d.mean(axis=1))
+    return float(mean), float(ci), len(seeds)
+
+
+def _pts(mean: float, ci: float) -> str:
+    return f"{100 * mean:+.2f} ± {100 * ci:.2f} points" if np.isfinite(ci) else \
+        f"{100 * mean:+.2f} points (one seed, no CI)"
+
+
+def _compare(study, arm, ref, statement, want: str) -> Claim:
+    """``want``: "better" (CI above 0), "not_better" (CI not above 0), "not_worse" (CI
+    not below 0) or "same" (CI covers 0) for the cycle-averaged paired arm − ref."""
+    mean, ci, n = paired_average(study, arm, ref)
+    if n == 0:
+        return Claim(statement, f"not run ({arm} or {ref} missing)", None)
+    text = (f"{arm} − {ref}, averaged over acquisition cycles: {_pts(mean, ci)} "
+            f"({n} seed{'s' if n > 1 else ''})")
+    if not np.isfinite(ci):
+        return Claim(statement, text, None)
+    lo, hi = mean - ci, mean + ci
+    holds = {"better": lo > 0, "not_better": not lo > 0, "not_worse": hi >= 0,
+             "same": lo <= 0 <= hi}[want]
+    return Claim(statement, text, bool(holds))
+
+
+def _check_fig1a(study):
+    summary = summarize(study)
+    out = []
+    if "ntk_block" in summary and "naive" in summary:
+        t_ntk = summary["ntk_block"]["seconds_score_mean"]
+        t_naive = summary["naive"]["seconds_score_mean"]
+        ratio = t_naive / t_ntk
+        u = study.meta["base_config"]["subset_size"]
+        out.append(Claim("NTK look-ahead is more than 100x faster than naive retraining "
+                         "(15 epochs per candidate)",
+                         f"{ratio:.0f}x: {t_naive:.1f} s vs {t_ntk:.2f} s per acquisition "
+                         f"over {u} candidates (mean over seeds and cycles)", ratio > 100))
+    else:
+        out.append(Claim("NTK look-ahead is more than 100x faster than naive retraining",
+                         "not run (ntk_block or naive missing)", None))
+    if "ntk_block" in summary and "ntk_without_block" in summary:
+        t_ntk = summary["ntk_block"]["seconds_score_mean"]
+        t_wo = summary["ntk_without_block"]["seconds_score_mean"]
+        out.append(Claim("The block form (Eq. 12) is faster than solving every augmented "
+                         "system (NTK w/o Block)",
+                         f"{t_wo / t_ntk:.1f}x: {t_wo:.2f} s vs {t_ntk:.2f} s per acquisition",
+                         t_wo > t_ntk))
+    out.append(_compare(study, "ntk_block", "naive",
+                        "NTK look-ahead yields significantly more accurate models than naive "
+                        "retraining", "better"))
+    return out
+
+
+def _check_fig1b(study):
+    out = [_compare(study, "empirical_ntk", "random",
+                    "The empirical-NTK look-ahead outperforms random", "better")]
+    for arm in ("infinite_ntk", "one_step", "gp"):
+        out.append(_compare(study, arm, "random",
+                            f"The {arm} look-ahead does not outperform random", "not_better"))
+    for arm in ("infinite_ntk", "one_step", "gp"):
+        out.append(_compare(study, "empirical_ntk", arm,
+                            f"The empirical-NTK look-ahead beats the {arm} look-ahead",
+                            "better"))
+    return out
+
+
+def _check_fig2(study):
+    out = [_compare(study, "mlmoc", "random", "MLMOC beats random (paper: by large margins)",
+                    "better")]
+    for arm in [a["label"] for a in study.meta["arms"]]:
+        if arm not in ("random", "mlmoc"):
+            out.append(_compare(study, "mlmoc", arm,
+                                f"MLMOC is equal to or better than {arm} (not significantly "
+                                "worse)", "not_worse"))
+    return out
+
+
+def _check_fig3a(study):
+    summary, out = summarize(study), []
+    e = summary.get("sequential_ntk")
+    for cycle, target in ((1, 0.94), (3, 0.96)):
+        statement = f"Sequential NTK reaches {100 * target:.0f}% at cycle {cycle}"
+        if e is None or len(e["accuracy_mean"]) <= cycle:
+            out.append(Claim(statement, "not run", None))
+            continue
+        m, ci = float(e["accuracy_mean"][cycle]), float(e["accuracy_ci"][cycle])
+        out.append(Claim(statement, f"{100 * m:.2f} ± {100 * ci:.2f}% with "
+                         f"{e['num_labeled'][cycle]} labels", m >= target))
+    out.append(_compare(study, "sequential_ntk", "batch_ntk",
+                        "Sequential NTK outperforms batch NTK", "better"))
+    out.append(_compare(study, "batch_ntk", "random",
+                        "Batch NTK MLMOC beats random on MNIST (paper: by large margins)",
+                        "better"))
+    return out
+
+
+def _check_fig3b(study):
+    arms = [a["label"] for a in study.meta["arms"] if a["label"].startswith("ntk_w")]
+    return [_compare(study, a, "random_" + a[len("ntk_"):],
+                     f"NTK significantly outperforms random at width {a[len('ntk_w'):]}",
+                     "better") for a in arms]
+
+
+def _check_fig5b(study):
+    return [_compare(study, f"{s}_mse", f"{s}_ce",
+                     f"{s}: L2 and cross-entropy do not differ significantly", "same")
+            for s in ("random", "ntk")]
+
+
+def check_claims(study: "Study") -> list:
+    """The paper's claims for ``study``'s figure as :class:`Claim` verdicts.
+
+    "Beats"/"outperforms" means the 95% CI (Student t over seeds) of the paired
+    difference, averaged over acquisition cycles, lies above zero; "equal to or better"
+    means it does not lie below zero; "not significant" means it covers zero.
+    """
+    fig = FIGURES.get(study.meta["figure"])
+    return fig.checks(study) if fig is not None and fig.checks is not None else []
+
+
 FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("fig1a", "MLMOC with NTK (block), NTK without block, naive retraining",
-           "The NTK look-ahead is more than 100x faster than naive retraining and at least "
-           "as accurate.", _fig1a),
+           "The NTK look-ahead is more than 100x faster than naive retraining and yields "
+           "significantly more accurate models.", _fig1a, _check_fig1a),
     Figure("fig1b", "Look-ahead variants next to random",
            "The empirical-NTK look-ahead beats the infinite-NTK, one-step and GP "
-           "look-aheads, which do not beat random.", _fig1b),
+           "look-aheads, which do not beat random.", _fig1b, _check_fig1b),
     Figure("fig2", "MLMOC vs. the state of the art (difference from random)",
-           "MLMOC is equal to or better than entropy, margin, BADGE and LL4AL.", _fig2),
+           "MLMOC is equal to or better than entropy, margin, BADGE and LL4AL.", _fig2,
+           _check_fig2),
     Figure("fig3a", "Sequential vs. batch NTK querying",
            "Sequential NTK reaches more than 94% after one cycle and 96% at cycle 3 on "
-           "MNIST, where batch NTK plateaus.", _fig3a),
+           "MNIST, where batch NTK plateaus.", _fig3a, _check_fig3a),
     Figure("fig3b", "Improvement over random for several widths",
-           "The NTK method outperforms random for every width.", _fig3b),
+           "The NTK method outperforms random for every width.", _fig3b, _check_fig3b),
     Figure("fig5b", "Squared loss vs. cross-entropy",
-           "The difference between L2 and cross-entropy is not significant.", _fig5b),
+           "The difference between L2 and cross-entropy is not significant.", _fig5b,
+           _check_fig5b),
 )}
 
 
@@ -313,8 +473,10 @@ def plot_study(study: Study, path: str) -> str:
 
     summary = summarize(study)
     has_diff = any("diff_mean" in e for e in summary.values())
-    fig = Figure(figsize=(12 if has_diff else 6.5, 4.3), dpi=110)
-    axes = fig.subplots(1, 2 if has_diff else 1, squeeze=False)
+    ncols = 3 if has_diff else 2
+    fig = Figure(figsize=(4.6 * ncols + 1.0, 4.3), dpi=110)
+    axes = fig.subplots(1, ncols, squeeze=False,
+                        gridspec_kw={"width_ratios": [3] * (ncols - 1) + [2]})
     color = {label: f"C{i % 10}" for i, label in enumerate(summary)}  # same in both panels
     ax = axes[0, 0]
     for label, e in summary.items():
@@ -349,6 +511,17 @@ def plot_study(study: Study, path: str) -> str:
         ax.set_ylabel("accuracy − baseline (percentage points)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    ax = axes[0, ncols - 1]  # the paper's Fig. 1a bars: wall-clock time per acquisition
+    labels = [k for k, e in summary.items() if np.isfinite(e["seconds_score_mean"])]
+    secs = [max(summary[k]["seconds_score_mean"], 1e-3) for k in labels]
+    ax.bar(range(len(labels)), secs, color=[color[k] for k in labels])
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("seconds per acquisition (scoring)")
+    for i, v in enumerate(secs):
+        ax.annotate(f"{v:.2g}", (i, v), textcoords="offset points", xytext=(0, 2),
+                    ha="center", fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
     meta = study.meta
     fig.suptitle(f"{meta['figure']}: {meta['title']} "
                  f"({meta['base_config']['dataset']}, {len(meta['seeds'])} seeds)", fontsize=10)
@@ -369,7 +542,13 @@ def study_markdown(study: Study, image: str) -> str:
     cfg = meta["base_config"]
     total = sum(meta.get("run_seconds", {}).values())
     lines = [f"## {meta['figure']}: {meta['title']}", "",
-             f"Paper's claim: {meta['claim']}", "",
+             f"Paper's claim: {meta['claim']}", ""]
+    claims = check_claims(study)
+    if claims:
+        lines += ["Checked against these runs:", ""]
+        lines += [f"- {verdict(c.holds)} {c.statement}: {c.measured}" for c in claims]
+        lines.append("")
+    lines += [
              "- command(s): " + "; ".join(f"`{c}`" for c in meta.get("commands", [])),
              f"- setting: {cfg['dataset']}, {cfg['model']} {cfg['model_kwargs']}, initial "
              f"{cfg['initial_size']}, query {cfg['query_size']}, subset {cfg['subset_size']}, "
@@ -403,6 +582,11 @@ def study_markdown(study: Study, image: str) -> str:
         lines += ["", f"Mean seconds per acquisition (scoring): {secs}.", ""]
     lines += [f"![{meta['figure']}]({image})", ""]
     return "\n".join(lines)
+
+
+def verdict(holds: Optional[bool]) -> str:
+    """The mark a results page shows for a :class:`Claim`."""
+    return {True: "**holds**", False: "**does not hold**", None: "**undecided**"}[holds]
 
 
 def _pm(mean: float, ci: float, signed: bool = False) -> str:

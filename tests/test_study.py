@@ -60,6 +60,7 @@ def test_report_builds_results_page(tmp_path):
                 {"random": {0: [0.5, 0.6]}, "mlmoc": {0: [0.5, 0.7]}})
     text = report.build_report(str(tmp_path / "studies"), str(tmp_path / "docs"))
     assert "## fig2" in text and "`cmd`" in text
+    assert "## The paper's claims, checked" in text and "| fig2_digits | MLMOC beats" in text
     assert (tmp_path / "docs" / "figures" / "fig2_digits.png").exists()
 
 
@@ -85,3 +86,33 @@ def test_figures_cli_smoke(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "## fig5b" in out.stdout and (tmp_path / "fig5b.png").exists()
+
+
+def test_paired_average_and_claim_verdicts(tmp_path):
+    # mlmoc beats random in every seed; margin beats mlmoc in every seed
+    _fake_study(str(tmp_path), {
+        "random": {0: [0.5, 0.6, 0.7], 1: [0.4, 0.5, 0.6], 2: [0.5, 0.6, 0.6]},
+        "mlmoc": {0: [0.5, 0.7, 0.8], 1: [0.4, 0.6, 0.8], 2: [0.5, 0.7, 0.7]},
+        "margin": {0: [0.5, 0.8, 0.9], 1: [0.4, 0.7, 0.9], 2: [0.5, 0.8, 0.8]}})
+    s = study.load_study(str(tmp_path))
+    mean, ci, n = study.paired_average(s, "mlmoc", "random")
+    # per-seed means over cycles 1..2 (cycle 0 is the shared initial set): .1, .15, .1
+    per_seed = np.array([0.1, 0.15, 0.1])
+    assert n == 3 and mean == pytest.approx(per_seed.mean())
+    assert ci == pytest.approx(4.302652729749464 * per_seed.std(ddof=1) / np.sqrt(3))
+    claims = {c.statement: c for c in study.check_claims(s)}
+    beats = next(c for k, c in claims.items() if k.startswith("MLMOC beats random"))
+    assert beats.holds is True and "+11.67 ±" in beats.measured
+    vs_margin = next(c for k, c in claims.items() if "than margin" in k)
+    assert vs_margin.holds is False and "-10.00 ± 0.00" in vs_margin.measured
+    md = study.study_markdown(s, "x.png")
+    assert "**does not hold** MLMOC is equal to or better than margin" in md
+
+
+def test_claims_undecided_with_one_seed_or_missing_arm(tmp_path):
+    _fake_study(str(tmp_path), {"random": {0: [0.5, 0.6]}, "mlmoc": {0: [0.5, 0.7]}})
+    s = study.load_study(str(tmp_path))
+    (claim,) = study.check_claims(s)
+    assert claim.holds is None and "one seed" in claim.measured
+    c = study._compare(s, "mlmoc", "gp", "x", "better")
+    assert c.holds is None and "not run" in c.measured
