@@ -34,7 +34,10 @@ Array = jax.Array
 
 def _relu_expectations(s12, s11, s22):
     norm = jnp.sqrt(s11[:, None] * s22[None, :])
-    c = jnp.clip(s12 / norm, -1.0, 1.0)
+    # a zero-variance input (x = 0 with b_std = 0) would give 0/0: take c = 0 there, as
+    # neural-tangents' safe division does; E = norm·(...) is then exactly 0
+    safe = jnp.where(norm > 0, norm, 1.0)
+    c = jnp.clip(jnp.where(norm > 0, s12 / safe, 0.0), -1.0, 1.0)
     theta = jnp.arccos(c)
     e = norm * (jnp.sin(theta) + (jnp.pi - theta) * c) / (2 * jnp.pi)
     e_dot = (jnp.pi - theta) / (2 * jnp.pi)

@@ -69,3 +69,16 @@ def test_expected_finite_ntk_monte_carlo():
 def test_unknown_parameterization():
     with pytest.raises(ValueError, match="known"):
         infinite_mlp_kernels(jnp.ones((2, 3)), widths=(4, 1), parameterization="mup")
+
+
+def test_zero_input_without_bias_is_finite():
+    """x = 0 with b_std = 0 has zero variance (0/0 in the arccos); other rows unchanged."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(1), (4, 6), dtype=jnp.float64)
+        xz = jnp.concatenate([jnp.zeros((1, 6)), x])
+        nngp, ntk = infinite_mlp_kernels(xz, widths=(16, 16, 3), b_std=0.0)
+        assert np.all(np.isfinite(nngp)) and np.all(np.isfinite(ntk))
+        np.testing.assert_array_equal(nngp[0], 0.0)   # zero pre-activations at every layer
+        ref_nngp, ref_ntk = infinite_mlp_kernels(x, widths=(16, 16, 3), b_std=0.0)
+        np.testing.assert_allclose(nngp[1:, 1:], ref_nngp, rtol=1e-13)
+        np.testing.assert_allclose(ntk[1:, 1:], ref_ntk, rtol=1e-13)
