@@ -667,11 +667,14 @@ def sgd_schedule(n: int, batch_size: int, epochs: int, seed: int
     return np.stack(idx).astype(np.int32), np.stack(w).astype(np.float32)
 
 
-def retrain_one(f, params, x_l, y_l, x_c, y_c, idx, w, lr):
+def retrain_one(f, params, x_l, y_l, x_c, y_c, idx, w, lr, n_steps=None):
     """Plain SGD on ½‖onehot(y) − f(x)‖² over L ∪ {(x_c, y_c)}, one candidate.
 
-    Index L in ``idx`` ``(S, B)`` means the candidate; steps are ``p ← p − lr ∇`` of the
-    weighted batch mean (:func:`train.loss_fn`). Returns the retrained params.
+    Index ``x_l.shape[0]`` in ``idx`` ``(S, B)`` means the candidate (``x_l`` may be
+    padded: padding rows are never indexed); steps are ``p ← p − lr ∇`` of the weighted
+    batch mean (:func:`train.loss_fn`). With ``n_steps`` (a traced scalar) only the first
+    ``n_steps`` rows of ``idx`` are run, so a padded schedule keeps one compiled shape.
+    Returns the retrained params.
     """
     L = x_l.shape[0]
 
@@ -684,14 +687,16 @@ def retrain_one(f, params, x_l, y_l, x_c, y_c, idx, w, lr):
         g = jax.grad(lambda q: train_lib.loss_fn(f(q, xb), yb, wb, "mse"))(p)
         return jax.tree.map(lambda a, b: a - lr * b, p, g), None
 
-    return jax.lax.scan(step, params, (idx, w))[0]
+    if n_steps is None:
+        return jax.lax.scan(step, params, (idx, w))[0]
+    return jax.lax.fori_loop(0, n_steps, lambda s, p: step(p, (idx[s], w[s]))[0], params)
 
 
 @jax.jit
-def _sgd_lookahead_chunk(f, params, x_l, y_l, x_c, y_c, idx, w, lr, x_e, f_e):
+def _sgd_lookahead_chunk(f, params, x_l, y_l, x_c, y_c, idx, w, n_steps, lr, x_e, f_e):
     """MLMOC Σ_i ‖f_L(x_i) − f_{L+}(x_i)‖ of a chunk of candidates (vmapped), ``(k,)``."""
     def one(xc, yc):
-        p = retrain_one(f, params, x_l, y_l, xc, yc, idx, w, lr)
+        p = retrain_one(f, params, x_l, y_l, xc, yc, idx, w, lr, n_steps)
         return jnp.sum(jnp.linalg.norm(f(p, x_e) - f_e, axis=-1))
 
     # in_axes: candidate input and pseudo-label per copy; everything else shared
@@ -699,15 +704,32 @@ def _sgd_lookahead_chunk(f, params, x_l, y_l, x_c, y_c, idx, w, lr, x_e, f_e):
 
 
 def sgd_lookahead_scores(ctx: AcquisitionContext, idx: np.ndarray, w: np.ndarray,
-                         lr: float, chunk: int) -> np.ndarray:
-    """MLMOC of every candidate after the SGD steps ``(idx, w)``; E = U. ``(U,)``."""
+                         lr: float, chunk: int, max_steps: Optional[int] = None
+                         ) -> np.ndarray:
+    """MLMOC of every candidate after the SGD steps ``(idx, w)``; E = U. ``(U,)``.
+
+    ``idx`` indexes L ∪ {candidate} (index L = the candidate, as :func:`sgd_schedule`
+    over L + 1 examples). Fixed shapes across cycles: the labeled set is padded to
+    ``ctx.labeled_capacity`` and the schedule to ``max_steps`` rows (run for its real
+    length by a traced loop bound), so a growing L does not recompile.
+    """
     f = _as_pytree_fn(ctx.apply_fn)
     x_u = jnp.asarray(ctx.x_candidates)
     f_u = predict_in_chunks(ctx.apply_fn, ctx.params, x_u)
     y_u = jnp.argmax(f_u, -1).astype(jnp.int32)
     U = x_u.shape[0]
     k = max(1, min(int(chunk), U))
-    x_l, y_l = jnp.asarray(ctx.x_labeled), jnp.asarray(ctx.y_labeled, jnp.int32)
+    L = int(ctx.x_labeled.shape[0])
+    N = max(int(ctx.labeled_capacity or 0), L)
+    x_l = jnp.asarray(_pad_rows(np.asarray(ctx.x_labeled), N))
+    y_l = jnp.asarray(_pad_rows(np.asarray(ctx.y_labeled, np.int32), N))
+    S = int(idx.shape[0])
+    max_steps = max(int(max_steps or 0), S)
+    idx_p = np.zeros((max_steps, idx.shape[1]), np.int32)
+    w_p = np.zeros((max_steps, w.shape[1]), np.float32)
+    idx_p[:S] = np.where(idx == L, N, idx)      # the candidate's index moves to N
+    w_p[:S] = w
+    idx_p, w_p = jnp.asarray(idx_p), jnp.asarray(w_p)
     out = []
     for s in range(0, U, k):
         xc, yc = x_u[s:s + k], y_u[s:s + k]
@@ -715,9 +737,9 @@ def sgd_lookahead_scores(ctx: AcquisitionContext, idx: np.ndarray, w: np.ndarray
         if m < k:   # pad the last chunk: one compiled shape
             xc = jnp.concatenate([xc, jnp.zeros((k - m,) + xc.shape[1:], xc.dtype)])
             yc = jnp.concatenate([yc, jnp.zeros((k - m,), yc.dtype)])
-        out.append(np.asarray(_sgd_lookahead_chunk(f, ctx.params, x_l, y_l, xc, yc,
-                                                   jnp.asarray(idx), jnp.asarray(w),
-                                                   jnp.float32(lr), x_u, f_u))[:m])
+        out.append(np.asarray(_sgd_lookahead_chunk(f, ctx.params, x_l, y_l, xc, yc, idx_p,
+                                                   w_p, jnp.int32(S), jnp.float32(lr),
+                                                   x_u, f_u))[:m])
     return np.concatenate(out).astype(np.float64)
 
 
@@ -739,10 +761,12 @@ def naive_lookahead_strategy(ctx: AcquisitionContext) -> Selection:
     """
     n = int(ctx.x_labeled.shape[0]) + 1
     seed = int(jax.random.randint(ctx.key, (), 0, 2 ** 31 - 1))
-    idx, w = sgd_schedule(n, int(ctx.option("batch_size", 64)), int(ctx.option("epochs", 15)),
-                          seed)
+    batch, epochs = int(ctx.option("batch_size", 64)), int(ctx.option("epochs", 15))
+    idx, w = sgd_schedule(n, batch, epochs, seed)
+    capacity = max(int(ctx.labeled_capacity or 0), n - 1)
     scores = sgd_lookahead_scores(ctx, idx, w, float(ctx.option("lr", 0.05)),
-                                  int(ctx.option("chunk", 16)))
+                                  int(ctx.option("chunk", 16)),
+                                  max_steps=epochs * -(-(capacity + 1) // batch))
     return Selection(indices=top_k(scores, ctx.query_size), scores=scores,
                      info={"sgd_steps": float(idx.shape[0])})
 

@@ -298,6 +298,19 @@ def test_naive_retraining_vmapped_equals_sequential_sgd_loop():
     assert sel.info["sgd_steps"] == 6.0
 
 
+def test_naive_lookahead_padded_to_capacity_matches_and_compiles_once():
+    """Padding L to the run's capacity and the schedule to its longest length leaves the
+    scores unchanged, and a growing L reuses one compiled retraining loop."""
+    opts = {"epochs": 2, "batch_size": 4, "lr": 0.1, "chunk": 3}
+    ctxs = [tiny_ctx(L=L, U=6, options=opts) for L in (5, 9)]
+    plain = [acq.get_strategy("naive_lookahead")(c).scores for c in ctxs]
+    bl._sgd_lookahead_chunk.clear_cache()
+    for c, want in zip(ctxs, plain):
+        padded = acq.get_strategy("naive_lookahead")(dataclasses.replace(c, labeled_capacity=12))
+        np.testing.assert_allclose(padded.scores, want, rtol=1e-5)
+    assert bl._sgd_lookahead_chunk._cache_size() == 1
+
+
 def test_onestep_lookahead_equals_one_optax_sgd_step():
     ctx = tiny_ctx(U=7, options={"lr": 0.3, "chunk": 5})
     sel = acq.get_strategy("onestep_lookahead")(ctx)
