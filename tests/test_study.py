@@ -116,3 +116,23 @@ def test_claims_undecided_with_one_seed_or_missing_arm(tmp_path):
     assert claim.holds is None and "one seed" in claim.measured
     c = study._compare(s, "mlmoc", "gp", "x", "better")
     assert c.holds is None and "not run" in c.measured
+
+
+def test_reproduce_script_names_real_figures_and_flags():
+    """experiments/reproduce_mnist.sh stays in step with the figures and the CLI flags."""
+    import re
+
+    from absl import flags
+
+    from experiments import figures  # noqa: F401  (defines the flags)
+
+    text = (REPO / "experiments" / "reproduce_mnist.sh").read_text()
+    common = re.search(r"common=\((.*)\)", text).group(1).split()
+    lines = [ln.split()[1:] for ln in text.splitlines() if ln.startswith("run --")]
+    assert {a.split("=")[1] for ln in lines for a in ln if a.startswith("--figure=")} \
+        == set(study.FIGURES)
+    for arg in common + [a for ln in lines for a in ln]:
+        name = arg.lstrip("-").split("=")[0]
+        assert name in flags.FLAGS, f"{arg} is not a flag of experiments.figures"
+    assert "--preamble=docs/results_preamble.md" in text
+    assert (REPO / "docs" / "results_preamble.md").exists()
