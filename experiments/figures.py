@@ -46,6 +46,10 @@ def main(argv):
     except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:  # a run diverged; finished runs stay in the study
+        print(f"error: {e}\nfinished runs are kept in {os.path.abspath(root)}; "
+              "`--arms` runs the other arms, and the same command resumes", file=sys.stderr)
+        sys.exit(1)
     s = study.load_study(root)
     png = study.plot_study(s, os.path.join(root, f"{FLAGS.figure}.png"))
     print(study.study_markdown(s, png))

@@ -78,6 +78,11 @@ def main(argv):
     except (ValueError, ImportError) as e:  # bad input or missing extra: one clear line
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:  # diverged training or non-finite scores
+        print(f"error: {e}\nfinished cycles are kept in {os.path.abspath(workdir)}; the same "
+              "command resumes from there (after changing a setting, use a new --workdir)",
+              file=sys.stderr)
+        sys.exit(1)
     print()
     print(loop.summary_table({s: r.metrics for s, r in results.items()}))
     print(f"\nrecords: {os.path.abspath(workdir)}")

@@ -160,3 +160,12 @@ def test_cli_bad_input_is_one_clear_line(flag, message, tmp_path):
     out = _cli(flag, f"--workdir={tmp_path}")
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_diverged_training_is_a_clear_error_that_keeps_the_records(tmp_path):
+    out = _cli("--cycles=2", "--initial_size=30", "--query_size=10", "--subset_size=100",
+               "--epochs=3", "--learning_rate=1e9", "--strategy=random",
+               f"--workdir={tmp_path}")
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "training diverged" in out.stderr and "Traceback" not in out.stderr
+    assert str(tmp_path) in out.stderr and (tmp_path / "random" / "config.json").exists()
