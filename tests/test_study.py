@@ -128,7 +128,9 @@ def test_reproduce_script_names_real_figures_and_flags():
 
     text = (REPO / "experiments" / "reproduce_mnist.sh").read_text()
     common = re.search(r"common=\((.*)\)", text).group(1).split()
-    lines = [ln.split()[1:] for ln in text.splitlines() if ln.startswith("run --")]
+    variables = dict(re.findall(r"^(\w+)=(--\S+)$", text, flags=re.M))  # three=--seeds=...
+    lines = [[variables.get(a[1:], a) for a in ln.split()[1:]]
+             for ln in text.splitlines() if ln.startswith("run --")]
     assert {a.split("=")[1] for ln in lines for a in ln if a.startswith("--figure=")} \
         == set(study.FIGURES)
     for arg in common + [a for ln in lines for a in ln]:
