@@ -34,7 +34,7 @@ def build_report(studies_dir: str, out_dir: str, preamble: str = "") -> str:
              claims_table(studies), ""]
     for name, s in studies.items():
         study.plot_study(s, os.path.join(fig_dir, f"{name}.png"))
-        parts.append(study.study_markdown(s, f"figures/{name}.png"))
+        parts.append(study.study_markdown(s, f"figures/{name}.png", name))
     text = "\n".join(parts)
     with open(os.path.join(out_dir, "RESULTS.md"), "w") as fh:
         fh.write(text)

@@ -537,12 +537,15 @@ def _baseline_of(study: Study, label: str) -> Optional[str]:
     return next(a["baseline"] for a in study.meta["arms"] if a["label"] == label)
 
 
-def study_markdown(study: Study, image: str) -> str:
-    """A results-page section: setting, command, machine, table (mean ± CI), plot."""
+def study_markdown(study: Study, image: str, name: Optional[str] = None) -> str:
+    """A results-page section: setting, command, machine, table (mean ± CI), plot.
+
+    ``name`` (the study folder) goes in the heading, to tell apart two studies of one
+    figure."""
     meta, summary = study.meta, summarize(study)
     cfg = meta["base_config"]
     total = sum(meta.get("run_seconds", {}).values())
-    lines = [f"## {meta['figure']}: {meta['title']}", "",
+    lines = [f"## {meta['figure']}: {meta['title']}" + (f" (`{name}`)" if name else ""), "",
              f"Paper's claim: {meta['claim']}", ""]
     claims = check_claims(study)
     if claims:

@@ -59,7 +59,7 @@ def test_report_builds_results_page(tmp_path):
     _fake_study(str(tmp_path / "studies" / "fig2_digits"),
                 {"random": {0: [0.5, 0.6]}, "mlmoc": {0: [0.5, 0.7]}})
     text = report.build_report(str(tmp_path / "studies"), str(tmp_path / "docs"))
-    assert "## fig2" in text and "`cmd`" in text
+    assert "## fig2: t (`fig2_digits`)" in text and "`cmd`" in text
     assert "## The paper's claims, checked" in text and "| fig2_digits | MLMOC beats" in text
     assert (tmp_path / "docs" / "figures" / "fig2_digits.png").exists()
 
