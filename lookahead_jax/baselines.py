@@ -672,13 +672,13 @@ def sgd_schedule(n: int, batch_size: int, epochs: int, seed: int
     return np.stack(idx).astype(np.int32), np.stack(w).astype(np.float32)
 
 
-def retrain_one(f, params, x_l, y_l, x_c, y_c, idx, w, lr, n_steps=None):
+def retrain_one(f, params, x_l, y_l, x_c, y_c, idx, w, lr, n_steps):
     """Plain SGD on ½‖onehot(y) − f(x)‖² over L ∪ {(x_c, y_c)}, one candidate.
 
     Index ``x_l.shape[0]`` in ``idx`` ``(S, B)`` means the candidate (``x_l`` may be
     padded: padding rows are never indexed); steps are ``p ← p − lr ∇`` of the weighted
-    batch mean (:func:`train.loss_fn`). With ``n_steps`` (a traced scalar) only the first
-    ``n_steps`` rows of ``idx`` are run, so a padded schedule keeps one compiled shape.
+    batch mean (:func:`train.loss_fn`). Only the first ``n_steps`` (a traced scalar) rows
+    of ``idx`` are run, so a padded schedule keeps one compiled shape.
     Returns the retrained params.
     """
     L = x_l.shape[0]
@@ -692,8 +692,6 @@ def retrain_one(f, params, x_l, y_l, x_c, y_c, idx, w, lr, n_steps=None):
         g = jax.grad(lambda q: train_lib.loss_fn(f(q, xb), yb, wb, "mse"))(p)
         return jax.tree.map(lambda a, b: a - lr * b, p, g), None
 
-    if n_steps is None:
-        return jax.lax.scan(step, params, (idx, w))[0]
     return jax.lax.fori_loop(0, n_steps, lambda s, p: step(p, (idx[s], w[s]))[0], params)
 
 
