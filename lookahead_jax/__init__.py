@@ -8,7 +8,6 @@ Modules (imported on first use, so ``import lookahead_jax`` stays light):
   * ``models``: Flax MLP, CNN, WideResNet, ResNet18; ``bind_eval`` gives ``f(params, x)``.
   * ``train``: squared-loss SGD with momentum under a one-cycle schedule.
   * ``ntk``: the empirical-NTK engine (Jacobian, NTK-vector, structured) and kernel sets.
-  * ``infinite``: analytic infinite-width NTK/NNGP of ReLU MLPs.
   * ``lookahead``: MLMOC / EMOC / EER look-ahead scores (Eq. 11–13), sequential mode.
   * ``acquisition``: the strategy registry and the myopic baselines.
   * ``loop``: the resumable active-learning loop (Algorithm 1) and the ``Oracle`` protocol.
@@ -19,8 +18,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = ("data", "models", "train", "ntk", "infinite", "lookahead", "acquisition", "loop",
-            "records")
+_MODULES = ("data", "models", "train", "ntk", "lookahead", "acquisition", "loop", "records")
 _NAMES = {
     # data
     "load_dataset": "data", "Dataset": "data", "DATASETS": "data",
@@ -33,7 +31,7 @@ _NAMES = {
     # NTK engine
     "empirical_ntk_fn": "ntk", "kernel_set": "ntk", "KernelSet": "ntk",
     "ntk_features": "ntk", "kernel_from_features": "ntk", "slice_features": "ntk",
-    "infinite_mlp_kernels": "infinite",
+    "infinite_mlp_kernels": "ntk",
     # look-ahead (Eq. 11-13) and sequential updates
     "build_system": "lookahead", "score_candidates": "lookahead", "add_labeled": "lookahead",
     "lookahead_select": "lookahead", "augmented_system_scores": "lookahead",

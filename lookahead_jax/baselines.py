@@ -797,7 +797,7 @@ def _mlp_widths(ctx: AcquisitionContext, name: str) -> tuple[int, ...]:
     base = base_module(_require_model(ctx, name))
     if not isinstance(base, models.MLP):
         raise ValueError(f"strategy {name!r} uses the analytic infinite-width NTK of a ReLU "
-                         f"MLP (lookahead_jax.infinite); model {type(base).__name__} is not "
+                         f"MLP (lookahead_jax.ntk.infinite); model {type(base).__name__} is not "
                          "supported: use model 'mlp' or the empirical-NTK strategy 'mlmoc'")
     return tuple(int(w) for w in base.widths) + (int(ctx.num_classes),)
 
@@ -811,7 +811,7 @@ def infinite_kernel_blocks(ctx: AcquisitionContext, widths: Sequence[int], which
     ``w_std = 1``; zero biases: ``b_std = 0``), overridable by ``options["w_std"]`` /
     ``options["b_std"]``. Cost O((L + U)²·(d_0 + depth)), memory O((L + U)²).
     """
-    from lookahead_jax import infinite
+    from lookahead_jax.ntk import infinite
 
     if which not in ("ntk", "nngp"):
         raise ValueError(f"unknown infinite-width kernel {which!r}; known: ('ntk', 'nngp')")
@@ -829,7 +829,7 @@ def infinite_ntk_lookahead_strategy(ctx: AcquisitionContext) -> Selection:
     """MLMOC with the analytic infinite-width NTK and f_0 at initialisation (Borsos et al.).
 
     Eq. 7: f^∞_{L+}(x) = f_0(x) + K(x, X⁺) K(X⁺, X⁺)⁻¹ (Y⁺ − f_0(X⁺)), with K the
-    infinite-width NTK of the same ReLU MLP (:mod:`lookahead_jax.infinite`, MLPs only:
+    infinite-width NTK of the same ReLU MLP (:mod:`lookahead_jax.ntk.infinite`, MLPs only:
     other models raise ``ValueError``) and f_0 a freshly initialised network (key
     ``fold_in(ctx.key, 0)``). Scored by the scoring functions of
     :mod:`lookahead_jax.lookahead` (Eq. 12 block updates) with the pseudo-label and

@@ -16,7 +16,8 @@ import pytest
 
 from lookahead_jax import acquisition as acq
 from lookahead_jax import baselines as bl
-from lookahead_jax import infinite, loop, models, train
+from lookahead_jax import loop, models, train
+from lookahead_jax.ntk import infinite
 
 
 def tiny_ctx(model=None, loss="mse", seed=0, L=10, U=14, C=3, shape=(3, 3, 1), options=None,

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lookahead_jax.infinite import infinite_mlp_kernels
+from lookahead_jax.ntk.infinite import infinite_mlp_kernels
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 

@@ -14,7 +14,7 @@ import pytest
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from lookahead_jax import ntk as ntk_lib
+from lookahead_jax.ntk import empirical as ntk_lib
 from lookahead_jax.ntk import (OUTPUTS, empirical_ntk_fn, kernel_from_features,
                                kernel_set, ntk_features, slice_features)
 
@@ -243,7 +243,7 @@ def test_lead_models_vs_brute_force(x64, name):
 
 
 def test_structured_recognises_layers():
-    from lookahead_jax import _structured as st
+    from lookahead_jax.ntk import structured as st
     f, params, x = _init_flax(WideBlockNet(), (8, 8, 2))
     leaves = jax.tree.leaves(params)
     prog = st.trace_program(lambda ls, xx: f(jax.tree.unflatten(jax.tree.structure(params), ls), xx),

@@ -25,7 +25,7 @@ Implementations (``implementation=``):
 * ``"jvp_vjp"``: NTK-vector products (neural-tangents' implementation 2): a vjp on x2
   per column/logit, then a jvp on x1; no per-example Jacobian is ever stored.
 * ``"structured"``: structured derivatives (Novak et al., ICML 2022, neural-tangents'
-  implementation 3) on the traced jaxpr of ``f`` (:mod:`lookahead_jax._structured`):
+  implementation 3) on the traced jaxpr of ``f`` (:mod:`lookahead_jax.ntk.structured`):
   Dense weights give ``(A Aᵀ) ⊙ (Δ Δᵀ)``, Conv weights ``Σ_{p,q}(patch·patch')(δ·δ')``
   when that is cheaper than their Jacobian rows (``S²(D_in + D_out) ≤ D_in·D_out``,
   S = positions), otherwise their Jacobian rows ``Σ_s a_s ⊗ δ_s`` built from the same A
@@ -74,7 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lookahead_jax import _structured as st
+from lookahead_jax.ntk import structured as st
 
 Array = jax.Array
 PyTree = Any
