@@ -86,7 +86,7 @@ _MIN_CHUNK = 8
 
 # --------------------------------------------------------------------------- features
 @functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["rows", "acts", "cots"], meta_fields=["output"])
+                   data_fields=["rows", "acts", "cots"], meta_fields=["output", "bias"])
 @dataclasses.dataclass(frozen=True)
 class NTKFeatures:
     """Per-example derivative information of n examples (a pytree; slice with tree.map).
@@ -103,11 +103,14 @@ class NTKFeatures:
       cots: per structured layer l, ``(n, K, S_l, D_out_l)``: output cotangents
         ``δ_l = ∂f/∂h_l``.
       output: the output mode (static).
+      bias: per structured layer l, whether a bias ``h_l + b_l`` is folded into it
+        (static): its kernel block is then ``Σ_{s,t} (a_s·a'_t + 1)(δ_s·δ'_t)``.
     """
     rows: Array
     acts: tuple
     cots: tuple
     output: str
+    bias: tuple = ()
 
     @property
     def n(self) -> int:
@@ -158,6 +161,12 @@ def _rows_of(jac_leaves, k):
     return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
 
+def _use_struct(layer) -> bool:
+    """Structured block iff its pair cost S²(D_in + D_out [+ 1]) ≤ its rows' (D_in [+ 1])·D_out."""
+    b = layer.bias is not None
+    return layer.s * layer.s * (layer.d_in + layer.d_out + b) <= (layer.d_in + b) * layer.d_out
+
+
 def _structured_plan(f, params, x1_shape, x_dtype, output):
     """Traced program, structured layers (with their S/D sizes) and fallback leaves."""
     leaves, treedef = jax.tree.flatten(params)
@@ -167,7 +176,7 @@ def _structured_plan(f, params, x1_shape, x_dtype, output):
 
     prog = st.trace_program(g, (leaves, jax.ShapeDtypeStruct(x1_shape, x_dtype)))
     layers, fallback = st.analyse(prog, len(leaves))
-    use_struct = {l.leaf: l.s * l.s * (l.d_in + l.d_out) <= l.d_in * l.d_out for l in layers}
+    use_struct = {l.leaf: _use_struct(l) for l in layers}
     fallback = [i for i in fallback if _is_diff(leaves[i])]
     return g, prog, layers, fallback, use_struct
 
@@ -180,6 +189,7 @@ def _features_impl(f, params, x, output, implementation, precision):
         use_struct = {leaf: False for leaf in use_struct}
     probe_ids = [l.out_id for l in layers]
     capture = [l.lhs[1] for l in layers]
+    k = prog.avals[prog.out_refs[0][1]].shape[-1]
 
     def per_example(xi):
         def fn(probes, fb):
@@ -193,7 +203,6 @@ def _features_impl(f, params, x, output, implementation, precision):
         probes0 = [jnp.zeros(prog.avals[i].shape, prog.avals[i].dtype) for i in probe_ids]
         (d_probe, d_fb), caps = jax.jacrev(fn, argnums=(0, 1), has_aux=True)(
             probes0, [leaves[i] for i in fallback])
-        k = prog.avals[prog.out_refs[0][1]].shape[-1]
         parts, acts, cots = list(d_fb), [], []
         for layer, lhs, dp in zip(layers, caps, d_probe):
             a, d = st.layer_rows(prog, layer, lhs, dp)
@@ -202,13 +211,16 @@ def _features_impl(f, params, x, output, implementation, precision):
                 cots.append(d)
             else:
                 parts.append(jnp.einsum("sd,kse->kde", a, d, precision=precision))
+                if layer.bias is not None:                  # ∂z/∂b = Σ_s δ_s
+                    parts.append(d.sum(axis=1))
         rows = _rows_of(parts, k)
         if rows is None:
             rows = jnp.zeros((k, 0), x.dtype)
         return rows, tuple(acts), tuple(cots)
 
     rows, acts, cots = jax.vmap(per_example)(x)
-    return NTKFeatures(rows, acts, cots, output)
+    bias = tuple(l.bias is not None for l in layers if use_struct[l.leaf])
+    return NTKFeatures(rows, acts, cots, output, bias)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
@@ -227,9 +239,12 @@ def _contract(f1: NTKFeatures, f2: NTKFeatures, precision=None) -> Array:
         out = jnp.einsum("ikr,jlr->ijkl", r1, r2, precision=precision)
     else:
         out = jnp.matmul(r1.reshape(n1, -1), r2.reshape(n2, -1).T, precision=precision)
-    for a1, d1, a2, d2 in zip(f1.acts, f1.cots, f2.acts, f2.cots):
+    bias = f1.bias or (False,) * len(f1.acts)
+    for a1, d1, a2, d2, b in zip(f1.acts, f1.cots, f2.acts, f2.cots, bias):
         if a1.shape[1] == 1:
             ga = jnp.matmul(a1[:, 0], a2[:, 0].T, precision=precision)
+            if b:
+                ga = ga + 1
             if full:
                 gd = jnp.einsum("ike,jle->ijkl", d1[:, :, 0], d2[:, :, 0], precision=precision)
                 out = out + ga[:, :, None, None] * gd
@@ -238,6 +253,8 @@ def _contract(f1: NTKFeatures, f2: NTKFeatures, precision=None) -> Array:
                 out = out + ga * gd
         else:
             ga = jnp.einsum("isd,jtd->ijst", a1, a2, precision=precision)
+            if b:
+                ga = ga + 1
             if full:
                 gd = jnp.einsum("ikse,jlte->ijklst", d1, d2, precision=precision)
                 out = out + jnp.einsum("ijst,ijklst->ijkl", ga, gd, precision=precision)
@@ -299,6 +316,17 @@ class _Plan(NamedTuple):
     implementation: str
     feat_bytes: int      # per example
     work_bytes: int      # per example, transient (forward + K backward passes)
+    step: int = 1        # examples per call of the feature computation (working set)
+    pair_flops: int = 0  # contraction FLOPs per (x, x') pair (scalar outputs)
+    row_flops: int = 0   # FLOPs per example to assemble Jacobian rows Σ_s a_s ⊗ δ_s
+
+
+# Size of the largest intermediate (activation, cotangent, conv patch matrix, Jacobian
+# rows of one layer) of one call of the feature computation. XLA:CPU allocates its
+# buffers on every call, and the allocator maps buffers ≥ 32 MiB afresh each time: first
+# touches of fresh pages run at ~1 GB/s on a VM, 10-20× slower than warm memory. Calls
+# of few examples keep conv nets' patch matrices small; MLPs still run whole batches.
+_STEP_BYTES = 6 << 20
 
 
 _PLANS: dict = {}
@@ -322,6 +350,15 @@ def _make_plan(fstatic, fleaves, params, x, output, implementation, precision) -
         return plan
 
 
+def _example_dependent(prog) -> list:
+    """Ids of the program's values computed from the example x (its last input)."""
+    dep = {prog.in_ids[-1]}
+    for node in prog.nodes:
+        if any(r[0] == "v" and r[1] in dep for r in node.ins):
+            dep.update(node.outs)
+    return sorted(dep)
+
+
 def _plan_uncached(fstatic, fleaves, params, x, output, implementation, precision) -> _Plan:
     f = _join_f(fstatic, fleaves)
     leaves = jax.tree.leaves(params)
@@ -332,13 +369,26 @@ def _plan_uncached(fstatic, fleaves, params, x, output, implementation, precisio
     k = prog.avals[prog.out_refs[0][1]].shape[-1]
     if implementation == "jacobian":
         use_struct = {leaf: False for leaf in use_struct}
-    per_example = k * sum(int(np.size(leaves[i])) for i in fallback)
+    n_rows = sum(int(np.size(leaves[i])) for i in fallback)
+    per_example, pair_flops, row_flops = 0, 0, 0
+    per_ex_ids = _example_dependent(prog)
+    largest = max([math.prod(prog.avals[i].shape) for i in per_ex_ids] + [1])
     for l in layers:
-        per_example += (l.s * l.d_in + k * l.s * l.d_out if use_struct[l.leaf]
-                        else k * l.d_in * l.d_out)
-    # per-example activations: every value with the example axis (size 1) in front
-    act = sum(math.prod(a.shape) for a in prog.avals
-              if getattr(a, "shape", ()) and a.shape[0] == 1) * itemsize
+        b = l.bias is not None
+        if l.kind == "conv":
+            largest = max(largest, l.s * l.d_in)           # its patch matrix
+        if use_struct[l.leaf]:
+            per_example += l.s * l.d_in + k * l.s * l.d_out
+            # Gram of A (S²·D_in), Gram of Δ (S²·D_out·K²), Hadamard and sum (S²·K²)
+            pair_flops += 2 * l.s * l.s * (l.d_in + k * k * l.d_out + k * k)
+        else:
+            n_rows += (l.d_in + b) * l.d_out
+            largest = max(largest, k * (l.d_in + b) * l.d_out)
+            row_flops += 2 * k * l.s * l.d_in * l.d_out
+    per_example += k * n_rows
+    pair_flops += 2 * k * k * n_rows
+    # per-example activations: every value computed from x
+    act = sum(math.prod(prog.avals[i].shape) for i in per_ex_ids) * itemsize
     work = act * (k + 2)
     if implementation == "jvp_vjp":
         return _Plan("jvp_vjp", 0, work + n_params * itemsize)
@@ -348,7 +398,27 @@ def _plan_uncached(fstatic, fleaves, params, x, output, implementation, precisio
         impl = "structured"
         if _MIN_CHUNK * (feat + work) > memory_budget_bytes():
             return _Plan("jvp_vjp", 0, work + n_params * itemsize)
-    return _Plan(impl, feat, work)
+    step = max(1, _STEP_BYTES // (k * largest * itemsize))
+    return _Plan(impl, feat, work, step, pair_flops, row_flops)
+
+
+def _kernel_cost(f, params, x1, x2=None, output="first_logit", implementation="auto"):
+    """What :func:`empirical_ntk_fn` will do for these shapes: a dict (for benchmarks).
+
+    ``contraction_flops``: multiply-adds × 2 of the kernel contraction (Jacobian rows and
+    structured blocks); ``row_flops``: assembling Jacobian rows ``Σ_s a_s ⊗ δ_s`` of the
+    layers not contracted structurally (on top of the forward/backward passes).
+    """
+    fstatic, fleaves = _split_f(f)
+    x1 = jnp.asarray(x1)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else np.shape(x2)[0]
+    plan = _make_plan(fstatic, fleaves, params, x1, output, implementation, None)
+    return dict(implementation=plan.implementation, n1=n1, n2=n2,
+                pair_flops=plan.pair_flops,
+                contraction_flops=plan.pair_flops * n1 * (n2 if x2 is not None else n1),
+                row_flops=plan.row_flops * (n1 + (n2 if x2 is not None else 0)),
+                feature_bytes_per_example=plan.feat_bytes, step=plan.step)
 
 
 def _mesh():
@@ -445,6 +515,11 @@ def kernel_from_features(feats1: NTKFeatures, feats2: NTKFeatures, *, chunk_size
     return jnp.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
 
 
+def _feature_step(plan: _Plan, chunk: int, n: int, mesh) -> int:
+    """Examples per feature call: ≤ ``chunk`` and ≤ the plan's working-set step."""
+    return _round_chunk(min(chunk, plan.step), n, mesh)
+
+
 def _auto_chunk(plan: _Plan, n: int) -> int:
     per = plan.feat_bytes + plan.work_bytes
     return max(_MIN_CHUNK, min(n, memory_budget_bytes() // (4 * max(per, 1))))
@@ -470,12 +545,11 @@ def ntk_features(f: Callable, params: PyTree, x: Array, *, output: str = "first_
     fstatic, fleaves = _split_f(f)
     impl = "jacobian" if implementation in ("jacobian", "jvp_vjp") else "structured"
     mesh = _mesh()
+    plan = _make_plan(fstatic, fleaves, params, x, output, impl, precision)
     if chunk_size is None:
-        plan = _make_plan(fstatic, fleaves, params, x, output, impl, precision)
         chunk_size = _auto_chunk(plan, x.shape[0])
-    chunk = _round_chunk(chunk_size, x.shape[0], mesh)
-    return _features_chunked(fstatic, fleaves, params, x, output, impl, precision, chunk,
-                             mesh)
+    return _features_chunked(fstatic, fleaves, params, x, output, impl, precision,
+                             _feature_step(plan, chunk_size, x.shape[0], mesh), mesh)
 
 
 class KernelSet(NamedTuple):
@@ -557,19 +631,21 @@ def empirical_ntk_fn(f: Callable, *, output: str = "first_logit",
         feat_total = plan.feat_bytes * (n1 + (0 if same else n2))
         if feat_total <= memory_budget_bytes() // 2:
             f1 = _features_chunked(fstatic, fleaves, params, x1, output, impl, precision,
-                                   c1, mesh)
-            f2 = f1 if same else _features_chunked(fstatic, fleaves, params, x2, output,
-                                                   impl, precision, c2, mesh)
+                                   _feature_step(plan, c1, n1, mesh), mesh)
+            f2 = f1 if same else _features_chunked(
+                fstatic, fleaves, params, x2, output, impl, precision,
+                _feature_step(plan, c2, n2, mesh), mesh)
             return kernel_from_features(f1, f2, chunk_size=chunk_size, precision=precision)
         # Features do not fit: recompute the column features for every row chunk.
         rows = []
         for i in range(0, n1, c1):
             f1 = _features_chunked(fstatic, fleaves, params, x1[i:i + c1], output, impl,
-                                   precision, c1, mesh)
+                                   precision, _feature_step(plan, c1, c1, mesh), mesh)
             cols = []
             for j in range(0, n2, c2):
                 f2 = _features_chunked(fstatic, fleaves, params, x2[j:j + c2], output,
-                                       impl, precision, c2, mesh)
+                                       impl, precision, _feature_step(plan, c2, c2, mesh),
+                                       mesh)
                 cols.append(kernel_from_features(f1, f2, chunk_size=chunk,
                                                  precision=precision))
             rows.append(jnp.concatenate(cols, axis=1))

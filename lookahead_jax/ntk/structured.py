@@ -13,8 +13,12 @@ The idea is neural-tangents' implementation 3 (Novak, Sohl-Dickstein & Schoenhol
    ``dot_general`` (no batch dimensions, the example axis 0 of the left operand not
    contracted) is a **dense** weight; the right operand of a ``conv_general_dilated``
    (no feature/batch grouping, example axis 0 in lhs and out) is a **conv** weight.
-   Every other leaf (biases, BatchNorm scale/offset, embeddings, weights used twice,
-   anything reaching opaque calls) is a **fallback** leaf.
+   A leaf that is added once to a structured layer's output ``h`` (``h + b``, ``b``
+   broadcast over the positions and mapped one-to-one onto the D_out output features, ``h``
+   used nowhere else) is that layer's **bias**: ``∂z/∂b = Σ_s δ_s``, so its kernel block
+   is folded into the layer's as ``(a·a' + 1)(δ·δ')``. Every other leaf (BatchNorm
+   scale/offset, embeddings, weights used twice, anything reaching opaque calls) is a
+   **fallback** leaf.
 3. :func:`evaluate` runs the flat program with a zero *probe* added to the output
    ``h`` of each structured layer and records the layer input ``a``. The per-example
    Jacobian of the (K-vector) output with respect to the probes is ``δ = ∂z/∂h``; with
@@ -36,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
@@ -72,6 +77,7 @@ class Layer:
     s: int             # positions per example (S)
     d_in: int          # A row length (D_in, or the patch size)
     d_out: int         # Δ row length (D_out, or output channels)
+    bias: int | None = None   # leaf index of a bias folded into this layer (h + b)
 
 
 def trace_program(fun: Callable, args: Sequence[Any]) -> Program:
@@ -131,7 +137,16 @@ def analyse(prog: Program, n_leaves: int) -> tuple[list[Layer], list[int]]:
             fallback.append(leaf)
         else:
             layers.append(layer)
-    return layers, fallback
+    by_out = {l.out_id: i for i, l in enumerate(layers)}
+    rest = []
+    for leaf in fallback:
+        i = _match_bias(prog, uses, out_ids, leaf, by_out, layers)
+        if i is None:
+            rest.append(leaf)
+        else:
+            layers[i] = dataclasses.replace(layers[i], bias=leaf)
+            del by_out[layers[i].out_id]           # at most one bias per layer
+    return layers, rest
 
 
 def _match(prog, uses, out_ids, leaf):
@@ -174,6 +189,69 @@ def _match(prog, uses, out_ids, leaf):
         return None
 
 
+def _match_bias(prog, uses, out_ids, leaf, by_out, layers):
+    """Index of the layer whose output ``h`` this leaf is added to as a bias, or None.
+
+    The leaf must reach an ``add`` with ``h`` through single-use views and
+    ``broadcast_in_dim`` only; ``h`` must have no other use. The broadcast is then checked
+    on concrete values: feeding ``b = 0, 1, 2, ...`` through the chain must give, in the
+    layer's ``(S, D_out)`` layout of ``h``, the same permutation of ``0..D_out-1`` at every
+    position.
+    """
+    cur = prog.in_ids[leaf]
+    aval = prog.avals[cur]
+    if not jnp.issubdtype(aval.dtype, jnp.inexact):
+        return None
+    chain = []
+    while True:
+        u = uses.get(cur, [])
+        if cur in out_ids or len(u) != 1:
+            return None
+        k, pos = u[0]
+        node = prog.nodes[k]
+        name = node.prim.name
+        if sum(r[0] == "v" for r in node.ins) == 1 and len(node.outs) == 1 and (
+                name in _VIEWS or name == "broadcast_in_dim"):
+            chain.append(node)
+            cur = node.outs[0]
+            continue
+        if name != "add" or len(node.ins) != 2 or node.ins[1 - pos][0] != "v":
+            return None
+        h_id = node.ins[1 - pos][1]
+        i = by_out.get(h_id)
+        if i is None or len(uses.get(h_id, [])) != 1 or h_id in out_ids:
+            return None
+        return i if _is_bias_layout(prog, layers[i], chain, aval, h_id) else None
+
+
+def _is_bias_layout(prog, layer, chain, aval, h_id):
+    size = math.prod(aval.shape)
+    if size != layer.d_out:
+        return False
+    with jax.ensure_compile_time_eval():     # concrete values, also inside a jit trace
+        return _check_bias_layout(prog, layer, chain, aval, h_id, size)
+
+
+def _check_bias_layout(prog, layer, chain, aval, h_id, size):
+    val = jnp.arange(size, dtype=jnp.float32).reshape(aval.shape)
+    for node in chain:
+        bind_params = node.prim.get_bind_params(node.params)
+        subfuns = []
+        if isinstance(bind_params, tuple):          # jax < 0.7: (subfuns, params)
+            subfuns, bind_params = bind_params
+        ins = [val if r[0] == "v" else r[1] for r in node.ins]
+        val = node.prim.bind(*subfuns, *ins, **bind_params)
+    h_shape = prog.avals[h_id].shape
+    try:
+        full = jnp.broadcast_to(jnp.asarray(val, jnp.float32), h_shape)
+    except ValueError:
+        return False
+    rows = np.asarray(_delta_layout(prog, layer, full[None]))[0]      # (S, D_out)
+    first = rows[0]
+    return bool((rows == first).all()
+                and np.array_equal(np.sort(first), np.arange(size, dtype=np.float32)))
+
+
 def evaluate(prog: Program, inputs: Sequence[Any], probes: dict[int, Any],
              capture: Sequence[int]):
     """Runs the program; adds ``probes[id]`` to variable ``id``; returns (outs, captured)."""
@@ -202,18 +280,25 @@ def layer_rows(prog: Program, layer: Layer, lhs, delta):
     ``delta`` the probe cotangent ``(K, *h.shape)``.
     """
     node = prog.nodes[layer.node]
-    k = delta.shape[0]
     if layer.kind == "dense":
         (ca, _), _ = node.params["dimension_numbers"]
         free = [d for d in range(lhs.ndim) if d not in ca]
         a = jnp.transpose(lhs, free + list(ca)).reshape(layer.s, layer.d_in)
-        return a, delta.reshape(k, layer.s, layer.d_out)
+        return a, _delta_layout(prog, layer, delta)
     p = node.params
-    lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+    _, rhs_spec, _ = p["dimension_numbers"]
     rhs_shape = prog.avals[node.ins[1][1]].shape
     a = _patches(lhs, [rhs_shape[d] for d in rhs_spec[2:]], p).reshape(layer.s, layer.d_in)
-    perm = (0, 1, *(1 + d for d in out_spec[2:]), 1 + out_spec[1])
-    return a, jnp.transpose(delta, perm).reshape(k, layer.s, layer.d_out)
+    return a, _delta_layout(prog, layer, delta)
+
+
+def _delta_layout(prog, layer, delta):
+    """``(K, *h.shape)`` cotangents (or values) of a layer's output as ``(K, S, D_out)``."""
+    k = delta.shape[0]
+    if layer.kind == "conv":
+        out_spec = prog.nodes[layer.node].params["dimension_numbers"][2]
+        delta = jnp.transpose(delta, (0, 1, *(1 + d for d in out_spec[2:]), 1 + out_spec[1]))
+    return delta.reshape(k, layer.s, layer.d_out)
 
 
 def _patches(lhs, filt, p):
