@@ -234,3 +234,21 @@ def test_kernel_cost_counts_structured_contraction():
     n_params = 12 * 6 + 6 + 6 * 3 + 3
     assert jac["pair_flops"] == 2 * n_params
     assert jac["row_flops"] == 2 * (12 * 6 + 6 * 3) * 9
+
+
+def test_single_program_path_matches_and_does_not_recompile(x64):
+    """MLP-sized kernels run features + contraction as one jitted program."""
+    params, shape = _params("mlp_bias")
+    x = _normal(55, (6, *shape))
+    fn = empirical_ntk_fn(mlp_bias)
+    n_before = ntk_lib._kernel_fused_jit._cache_size()
+    k = fn(params, x, x[:4])
+    assert ntk_lib._kernel_fused_jit._cache_size() == n_before + 1   # took the fused path
+    assert rel_err(k, brute_force_ntk(mlp_bias, params, x, x[:4], "first_logit")) <= 1e-12
+    sym = fn(params, x)
+    assert rel_err(sym, brute_force_ntk(mlp_bias, params, x, x, "first_logit")) <= 1e-12
+    n_after = ntk_lib._kernel_fused_jit._cache_size()
+    params2 = jax.tree.map(lambda a: a * 1.5, params)
+    fn(params2, x + 1.0, x[1:5]).block_until_ready()
+    fn(params2, x + 1.0).block_until_ready()
+    assert ntk_lib._kernel_fused_jit._cache_size() == n_after

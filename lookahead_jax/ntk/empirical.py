@@ -29,8 +29,10 @@ Implementations (``implementation=``):
   Dense weights give ``(A Aᵀ) ⊙ (Δ Δᵀ)``, Conv weights ``Σ_{p,q}(patch·patch')(δ·δ')``
   when that is cheaper than their Jacobian rows (``S²(D_in + D_out) ≤ D_in·D_out``,
   S = positions), otherwise their Jacobian rows ``Σ_s a_s ⊗ δ_s`` built from the same A
-  and Δ; every unrecognised leaf (biases, BatchNorm, weights used twice, ...) contributes
-  ordinary Jacobian rows. Never errors on a valid ``f``.
+  and Δ. A bias added to such a layer's output (``h + b``) is folded into it:
+  ``(A Aᵀ + 1) ⊙ (Δ Δᵀ)``, or the rows ``Σ_s δ_s`` next to the weight's. Every
+  unrecognised leaf (BatchNorm, weights used twice, ...) contributes ordinary Jacobian
+  rows. Never errors on a valid ``f``.
 * ``"auto"``: ``"structured"`` (it falls back leaf by leaf, so it is never asymptotically
   worse than ``"jacobian"``), unless the per-example features of 8 examples do not fit
   the memory budget (huge P with nothing structured), then ``"jvp_vjp"``, whose memory
@@ -47,8 +49,13 @@ Memory: examples are processed ``chunk_size`` at a time (rows and columns). With
 (``os.sysconf``) or 1/2 of an accelerator's ``memory_stats()['bytes_limit']``. When all
 features of x1 and x2 fit in half the budget they are computed once and the kernel is
 contracted tile by tile; otherwise features are recomputed per tile (peak
-O(chunk·feature size + n1·n2)). Chunks are padded to a fixed size, and every piece is a
-module-level ``jax.jit``, so repeated calls with the same shapes never recompile.
+O(chunk·feature size + n1·n2)). Features are computed a few examples per call where one
+example's largest intermediate (a conv's patch matrix, a layer's Jacobian rows) is
+large, so that no intermediate exceeds ``_STEP_BYTES`` (XLA:CPU maps big buffers afresh
+on every call, and first-touch page faults cost more than the arithmetic around them);
+when both sides fit in one such step (MLPs), features and contraction run as a single
+jitted program. Chunks are padded to a fixed size, and every piece is a module-level
+``jax.jit``, so repeated calls with the same shapes never recompile.
 
 Devices: with ``len(jax.devices()) > 1`` each chunk is laid out over a 1-D
 ``Mesh(jax.devices(), ("batch",))`` (``NamedSharding(mesh, P("batch"))`` on the example
@@ -267,6 +274,21 @@ def _contract(f1: NTKFeatures, f2: NTKFeatures, precision=None) -> Array:
 _contract_jit = jax.jit(_contract, static_argnums=(2,))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
+def _kernel_fused_jit(fstatic, fleaves, params, x1, x2, output, implementation, precision):
+    """Features of x1 and x2 (x2=None: x1) and their contraction, as ONE program.
+
+    For kernels whose features are computed in one step per side: XLA sees the whole
+    computation (independent ops of the two sides can run concurrently, no feature
+    buffers go back to Python) and a call is a single dispatch.
+    """
+    f = _join_f(fstatic, fleaves)
+    f1 = _features_impl(f, params, x1, output, implementation, precision)
+    f2 = f1 if x2 is None else _features_impl(f, params, x2, output, implementation,
+                                              precision)
+    return _contract(f1, f2, precision)
+
+
 # ----------------------------------------------------------------------- NTK-vector
 def _jvp_vjp_impl(f, params, x1, x2, output):
     def g(p, x):
@@ -327,6 +349,8 @@ class _Plan(NamedTuple):
 # touches of fresh pages run at ~1 GB/s on a VM, 10-20× slower than warm memory. Calls
 # of few examples keep conv nets' patch matrices small; MLPs still run whole batches.
 _STEP_BYTES = 6 << 20
+# Largest side computed by the single-program path (features + contraction in one jit).
+_FUSED_MAX = 4096
 
 
 _PLANS: dict = {}
@@ -629,6 +653,10 @@ def empirical_ntk_fn(f: Callable, *, output: str = "first_logit",
             return jnp.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
         impl = plan.implementation
         feat_total = plan.feat_bytes * (n1 + (0 if same else n2))
+        if (mesh is None and max(n1, n2) <= min(plan.step, chunk, _FUSED_MAX)
+                and feat_total <= memory_budget_bytes() // 2):
+            return _kernel_fused_jit(fstatic, fleaves, params, x1, None if same else x2,
+                                     output, impl, precision)
         if feat_total <= memory_budget_bytes() // 2:
             f1 = _features_chunked(fstatic, fleaves, params, x1, output, impl, precision,
                                    _feature_step(plan, c1, n1, mesh), mesh)
