@@ -43,7 +43,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lookahead_jax import lookahead as la  # noqa: E402
 from lookahead_jax import models, ntk  # noqa: E402
-from lookahead_jax.acquisition import AcquisitionContext, predict_in_chunks  # noqa: E402
+from lookahead_jax import strategies  # noqa: E402
+from lookahead_jax.models import apply_in_chunks as predict_in_chunks  # noqa: E402
+from lookahead_jax.strategies import AcquisitionContext, ntk_lookahead  # noqa: E402
 
 # shared/ sits beside the repository (the original MNIST archives)
 MNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -87,7 +89,7 @@ def make_trainer(model, lr, batch_size):
     @jax.jit
     def step(params, opt_state, x, y):
         def loss(p):
-            out = model.apply({"params": p}, x)
+            out = model.apply(p, {}, x)
             return 0.5 * jnp.mean(jnp.sum((out - jax.nn.one_hot(y, 10)) ** 2, -1))
         g = jax.grad(loss)(params)
         upd, opt_state = opt.update(g, opt_state, params)
@@ -118,8 +120,8 @@ no_block_scores = la.augmented_system_scores  # the paper's "NTK w/o Block"
 # ----------------------------------------------------------------------------- main parts
 
 
-def context(f, params, x_l, y_l, x_u, q, capacity, **options):
-    return AcquisitionContext(apply_fn=f, params=params, x_labeled=jnp.asarray(x_l),
+def context(model, params, x_l, y_l, x_u, q, capacity, **options):
+    return AcquisitionContext(model=model, params=params, x_labeled=jnp.asarray(x_l),
                               y_labeled=jnp.asarray(y_l), x_candidates=jnp.asarray(x_u),
                               num_classes=10, query_size=q, key=jax.random.PRNGKey(0),
                               labeled_capacity=capacity, options=options)
@@ -129,26 +131,27 @@ def per_acquisition(cfg, res):
     L, U, q = cfg["L"], cfg["U"], cfg["query"]
     x, y, source = load_mnist(L + U + cfg["L_seq"], cfg["seed"])
     res["data"] = source
-    model = models.create_model("mlp", 10, widths=tuple(cfg["widths"]))
-    variables = models.init_variables(model, jax.random.PRNGKey(cfg["seed"]), (28, 28, 1))
+    model = models.get_model("mlp", 10, widths=tuple(cfg["widths"]))
+    variables = {"params": model.init(jax.random.PRNGKey(cfg["seed"]), x[:1]).params}
     fit = make_trainer(model, cfg["lr"], cfg["batch_size"])
     t0 = time.perf_counter()
     params = fit(variables["params"], x[:L], y[:L], cfg["train_epochs"], cfg["seed"])
     res["train_f_L_s"] = time.perf_counter() - t0
-    f = models.bind_eval(model, {"params": params})
+    f = model.bind({})
     res["f_L_train_acc"] = float(np.mean(np.argmax(np.asarray(
         predict_in_chunks(f, params, jnp.asarray(x[:L]))), -1) == y[:L]))
     res["f_L_pool_acc"] = float(np.mean(np.argmax(np.asarray(
         predict_in_chunks(f, params, jnp.asarray(x[L:L + U]))), -1) == y[L:L + U]))
     x_l, y_l, x_u = x[:L], y[:L], x[L:L + U]
-    ctx = context(f, params, x_l, y_l, x_u, q, L + q, chunk_size=cfg["chunk"])
+    ctx = context(model, params, x_l, y_l, x_u, q, L + q, chunk_size=cfg["chunk"])
 
     # (a) block: the whole strategy (kernels + Eq. 12 scores), warm.
-    get = la.mlmoc_strategy
+    get = strategies.get("mlmoc")
     sel, t_block = timed(get, ctx)
     res["block_s"] = t_block
     res["block_kernel_s"] = sel.info["kernel_s"]
-    kern, _ = la._kernels(ctx, "first_logit", None, False)
+    kern, _ = ntk_lookahead.kernels(ctx, strategies.get("mlmoc").parse_options(ctx.options),
+                                    jnp.asarray(ctx.x_labeled), False)
     f_l = predict_in_chunks(f, params, jnp.asarray(x_l))
     f_u = predict_in_chunks(f, params, jnp.asarray(x_u))
     st, spec, info = la.build_system(kern["k_ll"], kern["k_ul"], y_l, f_l, f_u, num_classes=10,
@@ -161,7 +164,7 @@ def per_acquisition(cfg, res):
     res["block_algebra_s"] = t_alg
 
     # (b) no block: same kernels, per-candidate augmented solves.
-    lam = info["lambda"]
+    lam = float(st.lam)
     args = [jnp.asarray(kern[k]) for k in ("k_ll", "k_ul", "k_uu")]
     nb, t_nb = timed(no_block_scores, *args, f_l, jnp.asarray(y_l), f_u, lam, cfg["chunk"])
     res["no_block_algebra_s"] = t_nb
@@ -175,7 +178,7 @@ def per_acquisition(cfg, res):
     yhat = np.asarray(jnp.argmax(f_u, -1))
     fit(params, np.concatenate([x_l, x_u[:1]]), np.concatenate([y_l, yhat[:1]]),
         1, 0)                                                      # compile
-    pred = jax.jit(lambda p, xx: model.apply({"params": p}, xx))
+    pred = jax.jit(lambda p, xx: model.apply(p, {}, xx))
     pred(params, jnp.asarray(x_u)).block_until_ready()
     t0 = time.perf_counter()
     naive_scores = []
@@ -208,9 +211,11 @@ def _spearman(a, b):
 def sequential_step(cfg, res, f, params, x, y):
     L, U = cfg["L_seq"], cfg["U"]
     x_l, y_l, x_u = x[:L], y[:L], x[L:L + U]
-    ctx = context(f, params, x_l, y_l, x_u, 20, L + 20)
+    ctx = context(models.get_model("mlp", 10, widths=tuple(cfg["widths"])), params, x_l, y_l,
+                  x_u, 20, L + 20)
     t0 = time.perf_counter()
-    kern, _ = la._kernels(ctx, "first_logit", None, False)
+    kern, _ = ntk_lookahead.kernels(ctx, strategies.get("mlmoc").parse_options(ctx.options),
+                                    jnp.asarray(ctx.x_labeled), False)
     block(kern)
     res["seq_kernel_s"] = time.perf_counter() - t0
     f_l = predict_in_chunks(f, params, jnp.asarray(x_l))
@@ -260,11 +265,11 @@ def scale(cfg, res):
     """Whole pool: U = E = pool size, streaming Θ(U, U) column blocks from features."""
     n_pool, L = cfg["pool"], cfg["L"]
     x, y, _ = load_mnist(n_pool + L, cfg["seed"] + 1)
-    model = models.create_model("mlp", 10, widths=tuple(cfg["scale_widths"]))
-    variables = models.init_variables(model, jax.random.PRNGKey(1), (28, 28, 1))
+    model = models.get_model("mlp", 10, widths=tuple(cfg["scale_widths"]))
+    variables = {"params": model.init(jax.random.PRNGKey(1), x[:1]).params}
     fit = make_trainer(model, cfg["scale_lr"], cfg["batch_size"])
     params = fit(variables["params"], x[:L], y[:L], cfg["train_epochs"], 0)
-    f = models.bind_eval(model, {"params": params})
+    f = model.bind({})
     res["scale_f_L_train_acc"] = float(np.mean(np.argmax(np.asarray(
         predict_in_chunks(f, params, jnp.asarray(x[:L]))), -1) == y[:L]))
     x_l, y_l, x_u = jnp.asarray(x[:L]), y[:L], jnp.asarray(x[L:])

@@ -1,12 +1,13 @@
 """Runs one of the paper's figures as a multi-seed study.
 
-    python -m experiments.figures --figure=fig2 --config=mnist_mlp \
+    python -m experiments.figures --figure=fig2 --config=experiments/configs/mnist_mlp.py \
         --manual_dir=../shared/data/mnist --seeds=0,1,2 --root=runs/studies/fig2_mnist
 
 Every arm × seed is an ordinary resumable run under ``--root``; rerunning the command
 continues where it stopped. ``python -m experiments.report`` turns the studies into
 ``docs/RESULTS.md`` and PNG plots. ``--smoke`` runs a tiny digits version in seconds.
-Logic lives in ``lookahead_jax.study``.
+Logic lives in :mod:`experiments.studies`; the settings flags are the CLI's
+(:mod:`lookahead_jax.cli`: ``--config``, ``--config.*`` and the short flags).
 """
 
 import os
@@ -15,11 +16,11 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments import main as cli
-from lookahead_jax import loop, study
+from experiments import report, studies
+from lookahead_jax import cli, loop
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("figure", None, list(study.FIGURES), "which figure")
+flags.DEFINE_enum("figure", None, list(studies.FIGURES), "which figure")
 flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
 flags.DEFINE_string("root", None, "study folder (default runs/studies/<figure>_<dataset>)")
 flags.DEFINE_string("arms", None, "comma-separated subset of the figure's arms")
@@ -36,13 +37,13 @@ def main(argv):
         cfg["strategy"] = "random"
         base = loop.LoopConfig.from_dict(cfg)
         if FLAGS.smoke:
-            base = study.smoke_config(seed=base.seed)
+            base = studies.smoke_config(seed=base.seed)
         seeds = [int(s) for s in FLAGS.seeds.split(",") if s.strip()]
         root = FLAGS.root or os.path.join("runs", "studies", f"{FLAGS.figure}_{base.dataset}")
         arms = [a.strip() for a in FLAGS.arms.split(",")] if FLAGS.arms else None
         command = " ".join(["python -m experiments.figures"] +
                            [shlex.quote(a) for a in sys.argv[1:]])
-        study.run_study(FLAGS.figure, base, seeds, root, command=command, arms=arms)
+        studies.run_study(FLAGS.figure, base, seeds, root, command=command, arms=arms)
     except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -50,10 +51,10 @@ def main(argv):
         print(f"error: {e}\nfinished runs are kept in {os.path.abspath(root)}; "
               "`--arms` runs the other arms, and the same command resumes", file=sys.stderr)
         sys.exit(1)
-    s = study.load_study(root)
-    png = study.plot_study(s, os.path.join(root, f"{FLAGS.figure}.png"))
-    print(study.study_markdown(s, png))
+    s = studies.load_study(root)
+    png = report.plot_study(s, os.path.join(root, f"{FLAGS.figure}.png"))
+    print(report.study_markdown(s, png))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -5,14 +5,14 @@
 #   bash experiments/reproduce_mnist.sh [path/to/mnist/archives]
 #
 # Deviations from the paper, all forced by CPU time and stated in the results page:
-# the 784-1024-1024-10 MLP (config mnist_mlp) instead of the WideResNet; 3 seeds where a
+# the 784-1024-1024-10 MLP (experiments/configs/mnist_mlp.py) instead of the WideResNet; 3 seeds where a
 # run is slow (fig1a, fig1b, fig2), the paper's 6 elsewhere;
 # fig1b scores candidates from a 1000-point subset (one-step look-ahead is O(U^2 P));
 # fig1a uses a 200-point subset and 6 cycles (naive retraining: 15 epochs per candidate);
 # its two NTK arms also run at the paper's 4000 (fig1a_mnist_u4000).
 set -euo pipefail
 MNIST=${1:-../shared/data/mnist}
-common=(--config=mnist_mlp --manual_dir="$MNIST")
+common=(--config=experiments/configs/mnist_mlp.py --manual_dir="$MNIST")
 three=--seeds=0,1,2
 six=--seeds=0,1,2,3,4,5
 run() { python -m experiments.figures "${common[@]}" "$@"; }

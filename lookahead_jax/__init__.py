@@ -1,30 +1,35 @@
 """lookahead-jax: look-ahead active learning with empirical neural tangent kernels.
 
 Implements Mohamadi, Bae & Sutherland, "Making Look-Ahead Active Learning Strategies
-Feasible with Neural Tangent Kernels" (NeurIPS 2022) in pure JAX/Flax.
+Feasible with Neural Tangent Kernels" (NeurIPS 2022) in pure JAX, for any JAX model.
 
 Modules (imported on first use, so ``import lookahead_jax`` stays light):
-  * ``data``: datasets as normalised NHWC arrays (digits embedded; MNIST/SVHN/CIFAR via tfds).
-  * ``models``: Flax MLP, CNN, WideResNet, ResNet18; ``bind_eval`` gives ``f(params, x)``.
+  * ``data``: datasets as normalised arrays (digits embedded; MNIST/SVHN/CIFAR via tfds).
+  * ``models``: the :class:`~lookahead_jax.models.Model` interface, adapters (Flax linen
+    and NNX, Equinox, plain functions) and the built-in networks.
   * ``train``: squared-loss SGD with momentum under a one-cycle schedule.
-  * ``ntk``: the empirical-NTK engine (Jacobian, NTK-vector, structured) and kernel sets.
-  * ``lookahead``: MLMOC / EMOC / EER look-ahead scores (Eq. 11–13), sequential mode.
-  * ``acquisition``: the strategy registry and the myopic baselines.
+  * ``ntk``: the empirical-NTK engine (Jacobian, NTK-vector, structured), kernel sets,
+    analytic infinite-width kernels.
+  * ``lookahead``: the look-ahead algebra (Eq. 10–13) and the sequential rank-one update.
+  * ``strategies``: the strategy registry and every strategy, one module per family.
   * ``loop``: the resumable active-learning loop (Algorithm 1) and the ``Oracle`` protocol.
   * ``records``: atomic workdir records and plots.
+  * ``rng``: the one PRNG scheme (a root key per seed, ``fold_in`` per purpose and cycle).
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = ("data", "models", "train", "ntk", "lookahead", "acquisition", "loop", "records")
+_MODULES = ("data", "models", "train", "ntk", "lookahead", "strategies", "loop", "records",
+            "rng")
 _NAMES = {
     # data
     "load_dataset": "data", "Dataset": "data", "DATASETS": "data",
     # models
-    "create_model": "models", "init_variables": "models", "bind_eval": "models",
-    "BoundModel": "models",
+    "Model": "models", "Variables": "models", "get_model": "models",
+    "from_linen": "models", "from_nnx": "models", "from_function": "models",
+    "from_equinox": "models",
     # training
     "TrainConfig": "train", "TrainState": "train", "create_train_state": "train",
     "fit": "train", "train_step": "train", "accuracy": "train",
@@ -34,11 +39,11 @@ _NAMES = {
     "infinite_mlp_kernels": "ntk",
     # look-ahead (Eq. 11-13) and sequential updates
     "build_system": "lookahead", "score_candidates": "lookahead", "add_labeled": "lookahead",
-    "lookahead_select": "lookahead", "augmented_system_scores": "lookahead",
+    "augmented_system_scores": "lookahead",
     # strategies
-    "AcquisitionContext": "acquisition", "Selection": "acquisition",
-    "register_strategy": "acquisition", "get_strategy": "acquisition",
-    "available_strategies": "acquisition",
+    "AcquisitionContext": "strategies", "Selection": "strategies",
+    "register_strategy": "strategies", "get_strategy": "strategies",
+    "available_strategies": "strategies",
     # loop
     "LoopConfig": "loop", "Oracle": "loop", "DatasetOracle": "loop", "run": "loop",
     "run_strategies": "loop",

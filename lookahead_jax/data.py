@@ -48,6 +48,7 @@ DATASETS: tuple[str, ...] = (
     "cifar100",
 )
 ALIASES: dict[str, str] = {"svhn": "svhn_cropped"}
+SOURCE_PREFIXES: tuple[str, ...] = ()  # a user's own data: "npz:PATH", "folder:PATH"
 
 _TF_HINT = "building/loading tfds datasets needs TensorFlow: pip install 'lookahead-jax[tf]'"
 _EXTRA_HINTS = {
@@ -189,23 +190,27 @@ def validate_dataset(ds: Dataset) -> None:
         problems.append(f"num_classes must be >= 1, got {ds.num_classes}")
     for split in ("train", "test"):
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
-        problems += _image_problems(f"x_{split}", np.asarray(x))
+        problems += _input_problems(f"x_{split}", np.asarray(x))
         problems += _label_problems(f"y_{split}", np.asarray(y), ds.num_classes)
         if len(x) != len(y):
             problems.append(f"x_{split} has {len(x)} examples but y_{split} has {len(y)}")
-    if np.ndim(ds.x_train) == 4 and np.ndim(ds.x_test) == 4:
+    if np.ndim(ds.x_train) >= 2 and np.ndim(ds.x_test) >= 2:
         if np.shape(ds.x_train)[1:] != np.shape(ds.x_test)[1:]:
             problems.append(
-                f"x_train images are {np.shape(ds.x_train)[1:]} but x_test images are "
+                f"x_train examples are {np.shape(ds.x_train)[1:]} but x_test examples are "
                 f"{np.shape(ds.x_test)[1:]}"
             )
     if problems:
         raise ValueError(f"invalid dataset {ds.name!r}: " + "; ".join(problems))
 
 
-def _image_problems(label: str, x: np.ndarray) -> list[str]:
-    if x.ndim != 4:
-        return [f"{label} must be 4-D (N, H, W, C), got shape {x.shape}"]
+def _input_problems(label: str, x: np.ndarray) -> list[str]:
+    if x.ndim < 2:
+        return [f"{label} must have an example axis and at least one feature axis "
+                f"((n, d), (n, H, W, C), ...), got shape {x.shape}"]
+    if not np.issubdtype(x.dtype, np.floating):
+        return [f"{label} must hold floats (scale integer images, e.g. uint8 0-255, to "
+                f"[0, 1] first), got dtype {x.dtype}"]
     if len(x) == 0:
         return [f"{label} is empty"]
     bad = ~np.isfinite(x)

@@ -1,10 +1,17 @@
-"""NTK look-ahead acquisition: MLMOC, EMOC, EER and label-flip (paper Section 3).
+"""The look-ahead algebra (paper Section 3, Eq. 10-13): block form, scores, rank-one updates.
+
+Pure functions over a :class:`LookaheadState` pytree, in the style of an optax
+transformation: :func:`build_system` (the init: pad, factor), :func:`score_candidates`
+(MLMOC, EMOC, EER, label-flip for every candidate at once), :func:`add_labeled` (the
+sequential rank-one update). Everything runs on the device; this module knows nothing of
+models, strategies or the loop (the strategies in
+:mod:`lookahead_jax.strategies.ntk_lookahead` call it with kernels from the NTK engine).
 
 One cycle, from the trained network f_L (MATH.md, "All candidates at once"):
 
-1. Kernels, once: Θ(X, X) (n × n), Θ(U, X) (U × n), Θ(U, U) (U × U) with the NTK engine
-   (:func:`lookahead_jax.ntk.kernel_set`); optionally a separate evaluation set E
-   (``options["eval_x"]``) with Θ(E, X), Θ(E, U). By default E = U, as in the paper.
+1. Kernels, once: Θ(X, X) (n × n), Θ(U, X) (U × n), Θ(U, U) (U × U) from the NTK engine;
+   optionally a separate evaluation set E with Θ(E, X), Θ(E, U). By default E = U, as in
+   the paper.
 2. Cholesky factor Lc of K = Θ(X, X) + λI, λ = ``jitter`` · mean diag Θ(X, X) (ridge
    jitter; the candidate's own diagonal gets the same λ, so every look-ahead is the exact
    kernel-ridge solution of the augmented system). No explicit inverse is formed.
@@ -33,8 +40,8 @@ One cycle, from the trained network f_L (MATH.md, "All candidates at once"):
        its scores are ties-heavy integers / |E|, so ``top_k``'s lower-index tie-break
        decides many picks.
 
-Kernel modes (``options["kernel"]``): ``"first_logit"`` (default, the paper's single-logit
-kernel, used as Θ ⊗ I_C), ``"sum_logits"``, ``"trace"`` (scalar kernels, block size B = 1,
+Kernel modes (the strategies' ``kernel`` option): ``"first_logit"`` (default, the paper's
+single-logit kernel, used as Θ ⊗ I_C), ``"sum_logits"``, ``"trace"`` (scalar kernels, block size B = 1,
 targets are n × C) and ``"full"`` ((n, n, C, C), treated as one (n·C) × (n·C) kernel:
 B = C, targets n·C × 1, every Schur complement is a C × C block, clamped by eigenvalue).
 Internally every kernel is stored flattened as (n·B) × (m·B) with row index i·B + b.
@@ -60,9 +67,11 @@ with no new kernel evaluations (all of Θ among L ∪ U is already there):
   score is Σ_i ‖a_ij c_j‖ = ‖c_j‖ Σ_i |a_ij| (B = 1). Picked candidates leave the
   evaluation sum when E = U (U_{t+1} = U_t \\ {x*}).
 
-Fixed shapes: L-dependent buffers are padded to a capacity N (``ctx.labeled_capacity``,
-at least L + query_size in sequential mode): padded kernel rows/columns 0, padded
-diagonal 1, padded residual 0, which leaves every solution unchanged. U is padded to a
+Fixed shapes: L-dependent buffers are padded to a capacity N (the run's labeled capacity,
+at least L + query_size in sequential mode) with the real L a traced scalar: padded
+kernel rows/columns 0, padded diagonal 1, padded residual 0, which leaves every solution
+unchanged. The padding happens inside the jitted :func:`build_system`, so kernels never
+make a device → host → device round trip. U is padded to a
 multiple of the chunk size (padded candidates: kernel 0, κ = 1, never available, never
 evaluated). Every jitted function sees the same shapes in every cycle, so it compiles
 once per run.
@@ -78,24 +87,22 @@ No U × U × C (or E × U × C) tensor is ever formed. Sequential mode adds Aᵀ
 A_UU when E ≠ U). :func:`streaming_scores` never stores Θ(E, U): it asks for one
 k × E row block of Θ(U, E) at a time (the 60k-pool path), peak O(E·k·(B² + C) + (U+E)·N·B²).
 
-Loss: Eq. 11-12 are the squared-loss (kernel regression) solution; with ``ctx.loss ==
-"ce"`` the same formulas are used as an approximation on one-hot targets.
+Loss: Eq. 11-12 are the squared-loss (kernel regression) solution; for a network trained
+with cross-entropy the same formulas are an approximation on one-hot targets.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
 from jax.scipy.linalg import solve_triangular
 
-from lookahead_jax.acquisition import (AcquisitionContext, Selection, predict_in_chunks,
-                                       register_strategy, top_k)
+from lookahead_jax.numerics import entropy
 
 Array = jax.Array
 PyTree = Any
@@ -163,47 +170,60 @@ class LookaheadState(NamedTuple):
 # ----------------------------------------------------------------------------- layout
 
 
-def _block_size(k: np.ndarray) -> int:
+def _block_size(k) -> int:
     return 1 if k.ndim == 2 else int(k.shape[-1])
 
 
-def flatten_kernel(k) -> np.ndarray:
-    """``(n1, n2)`` or ``(n1, n2, B, B)`` → ``(n1·B, n2·B)`` (row index i·B + b)."""
-    k = np.asarray(k)
+def flatten_kernel(k):
+    """``(n1, n2)`` or ``(n1, n2, B, B)`` → ``(n1·B, n2·B)`` (row index i·B + b).
+
+    Works on NumPy and JAX arrays alike (no host round trip for device arrays).
+    """
     if k.ndim == 2:
         return k
     n1, n2, b, b2 = k.shape
     return k.transpose(0, 2, 1, 3).reshape(n1 * b, n2 * b2)
 
 
-def _diag_blocks(k: np.ndarray, b: int) -> np.ndarray:
+def _diag_blocks(k: Array, b: int) -> Array:
     """Diagonal B × B blocks of a flattened square kernel: ``(n, B, B)``."""
     n = k.shape[0] // b
-    return np.asarray(k).reshape(n, b, n, b)[np.arange(n), :, np.arange(n), :]
+    idx = jnp.arange(n)
+    return k.reshape(n, b, n, b)[idx, :, idx, :]
 
 
-def _pad_to(a: np.ndarray, shape, eye_rows: int = 0, b: int = 1) -> np.ndarray:
-    """Zero-pads ``a`` to ``shape``; puts ones on the diagonal from row ``eye_rows`` on.
-
-    Returns ``a`` itself (no copy) when it already has ``shape``."""
-    if tuple(a.shape) == tuple(shape):
+def _pad2(a: Array, rows: int, cols: int) -> Array:
+    """``a`` zero-padded to ``(rows, cols)`` (no-op when it already has that shape)."""
+    if a.shape == (rows, cols):
         return a
-    out = np.zeros(shape, a.dtype)
-    out[tuple(slice(0, s) for s in a.shape)] = a
-    if eye_rows:
-        idx = np.arange(eye_rows, min(shape))
-        out[idx, idx] = 1
-    return out
+    return jnp.zeros((rows, cols), a.dtype).at[:a.shape[0], :a.shape[1]].set(a)
 
 
 # ----------------------------------------------------------------------------- build
 
 
+def chunk_layout(num_candidates: int, chunk_size: int) -> tuple[int, int]:
+    """``(chunk, U_pad)``: the fewest chunks of at most ``chunk_size``, as even as possible.
+
+    U_pad − U < #chunks (U = 4000, chunk_size 256 → 16 chunks of 250: no padding).
+    """
+    n_chunks = -(-int(num_candidates) // int(chunk_size))
+    chunk = -(-int(num_candidates) // n_chunks)
+    return chunk, n_chunks * chunk
+
+
 def build_system(k_ll, k_ul, y_l, f_l, f_u, *, num_classes: int, k_uu=None,
-                 kappa=None, k_el=None, k_eu=None, f_e=None, capacity: Optional[int] = None,
-                 jitter: float = 1e-5, u_floor: float = 1e-6, chunk_size: int = 256,
+                 kappa=None, k_el=None, k_eu=None, f_e=None, num_labeled=None,
+                 capacity: Optional[int] = None, jitter: float = 1e-5,
+                 u_floor: float = 1e-6, chunk_size: int = 256,
                  sequential: bool = False) -> tuple[LookaheadState, Spec, dict]:
     """Pads the kernels of one cycle and factors Θ(X, X) (batch or sequential mode).
+
+    Everything runs in one jitted device computation (padding included); nothing comes
+    back to the host. Labeled-side inputs may already be padded to the capacity N with
+    ``num_labeled`` the real count L (rows ≥ L are then ignored, whatever they hold):
+    that is how the strategies call it, so a growing labeled set keeps one compiled
+    shape. Unpadded inputs (L = their length) are padded here, compiling once per L.
 
     Args:
       k_ll: Θ(X, X), ``(L, L)`` or ``(L, L, C, C)`` (``"full"``).
@@ -215,72 +235,81 @@ def build_system(k_ll, k_ul, y_l, f_l, f_u, *, num_classes: int, k_uu=None,
         ``kappa`` = its diagonal, ``(U,)`` or ``(U, C, C)``, is required).
       k_el, k_eu, f_e: Θ(E, X), Θ(E, U) and f_L(E) for a separate evaluation set
         (all ``None``: E = U). ``k_eu`` may be ``None`` when streaming.
-      capacity: labeled capacity N (≥ L, and ≥ L + queries in sequential mode).
+      num_labeled: the real L when the labeled side is padded (``()`` int, may be traced);
+        default: all rows are real.
+      capacity: labeled capacity N (≥ the labeled side's length; ≥ L + queries in
+        sequential mode).
       jitter: relative ridge λ / mean diag Θ(X, X) (0 allowed).
       u_floor: Schur complements are clamped at ``u_floor`` · κ.
       chunk_size: candidates per chunk; U is padded to a multiple.
       sequential: also form A = W_Eᵀ W_U − Θ(E, U) (needed by :func:`add_labeled`).
 
     Returns:
-      ``(state, spec, info)``; info holds ``jitter`` (relative), ``lambda`` (absolute),
-      ``capacity``, ``block``.
+      ``(state, spec, info)``; info holds ``jitter`` (relative), ``capacity``, ``block``,
+      ``u_floor`` (host values); the absolute ridge λ is ``state.lam`` (on device).
     """
-    k_ll = np.asarray(k_ll)
     b = _block_size(k_ll)
     c = int(num_classes)
     if c % b:
         raise ValueError(f"block size {b} does not divide num_classes {c}")
-    q = c // b
-    L = k_ll.shape[0]
-    U = int(np.asarray(k_ul).shape[0])
-    N = max(int(capacity or 0), L)
-    # The fewest chunks of at most chunk_size, as even as possible: U_pad − U < #chunks
-    # (U = 4000, chunk_size 256 → 16 chunks of 250, no padding copy of Θ(U, U)).
-    n_chunks = -(-U // int(chunk_size))
-    chunk = -(-U // n_chunks)
-    Up = n_chunks * chunk
-    dt = np.asarray(k_ul).dtype
-    eval_is_cand = k_el is None
-    spec = Spec(block=b, q=q, num_classes=c, chunk=chunk, eval_is_cand=eval_is_cand,
+    rows = int(k_ll.shape[0])
+    U = int(k_ul.shape[0])
+    N = max(int(capacity or 0), rows)
+    chunk, Up = chunk_layout(U, chunk_size)
+    spec = Spec(block=b, q=c // b, num_classes=c, chunk=chunk, eval_is_cand=k_el is None,
                 u_floor=float(u_floor))
-
-    kll = _pad_to(flatten_kernel(k_ll).astype(dt, copy=False), (N * b, N * b),
-                  eye_rows=L * b)
-    kul = _pad_to(flatten_kernel(k_ul).astype(dt, copy=False), (Up * b, N * b))
-    onehot = np.eye(c, dtype=dt)[np.asarray(y_l)]
-    resid = _pad_to((onehot - np.asarray(f_l, dt)).reshape(L * b, q), (N * b, q))
-    fu = _pad_to(np.asarray(f_u, dt).reshape(U * b, q), (Up * b, q))
-    if k_uu is not None:
-        kuu = _pad_to(flatten_kernel(k_uu).astype(dt, copy=False), (Up * b, Up * b),
-                      eye_rows=U * b)
-        kap = _diag_blocks(kuu, b)
-    else:
-        kuu = None
-        kap = np.asarray(kappa, dt).reshape(U, b, b)
-        kap = np.concatenate([kap, np.broadcast_to(np.eye(b, dtype=dt), (Up - U, b, b))])
-    mean_diag = float(np.mean(np.diagonal(flatten_kernel(k_ll)))) if L else 1.0
-    lam = np.asarray(jitter * mean_diag, dt)
-    avail = np.arange(Up) < U
-    if eval_is_cand:
-        mask_e = avail.astype(dt, copy=False)
-        kel = fe = keu = None
-    else:
-        E = int(np.asarray(k_el).shape[0])
-        mask_e = np.ones(E, dt)
-        kel = flatten_kernel(k_el).astype(dt, copy=False)
-        kel = _pad_to(kel, (E * b, N * b))
-        fe = np.asarray(f_e, dt).reshape(E * b, q)
-        keu = None if k_eu is None else _pad_to(
-            np.ascontiguousarray(flatten_kernel(k_eu).astype(dt, copy=False).T), (Up * b, E * b))
-    n = np.asarray(L, np.int32)
-    state = _factor(spec, kll, kul, resid, n, fu, kap, avail, mask_e, lam, kuu,
-                    kel, fe, keu, sequential)
-    info = {"jitter": float(jitter), "lambda": float(lam), "capacity": N, "block": b,
-            "u_floor": float(u_floor)}
+    n = jnp.asarray(rows if num_labeled is None else num_labeled, jnp.int32)
+    state = _build(spec, N, Up, bool(sequential), k_ll, k_ul, y_l, f_l, f_u, n,
+                   jnp.asarray(jitter, jnp.result_type(float)), k_uu, kappa, k_el, k_eu, f_e)
+    info = {"jitter": float(jitter), "capacity": N, "block": b, "u_floor": float(u_floor)}
     return state, spec, info
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "sequential"))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _build(spec: Spec, N: int, Up: int, sequential: bool, k_ll, k_ul, y_l, f_l, f_u, n,
+           jitter, k_uu, kappa, k_el, k_eu, f_e) -> LookaheadState:
+    """Flatten, pad to (N, U_pad), mask the labeled padding, then :func:`_factor`.
+
+    Padding leaves every solution unchanged: padded labeled rows/columns of Θ(X, X) are
+    those of the identity, of Θ(U, X) zero, padded residuals zero; padded candidates have
+    κ = 1, are never available and never evaluated.
+    """
+    b, q = spec.block, spec.q
+    dt = jnp.result_type(k_ul)
+    U = k_ul.shape[0]
+    real = jnp.repeat(jnp.arange(N) < n, b)                            # (N·B,)
+    kll = _pad2(flatten_kernel(k_ll).astype(dt), N * b, N * b)
+    kll = jnp.where(real[:, None] & real[None, :], kll, jnp.eye(N * b, dtype=dt))
+    kul = jnp.where(real[None, :], _pad2(flatten_kernel(k_ul).astype(dt), Up * b, N * b), 0)
+    onehot = jax.nn.one_hot(y_l, spec.num_classes, dtype=dt)
+    resid = (onehot - f_l.astype(dt)).reshape(-1, q)
+    resid = jnp.where(real[:, None], _pad2(resid, N * b, q), 0)
+    fu = _pad2(f_u.astype(dt).reshape(U * b, q), Up * b, q)
+    cand = jnp.arange(Up) < U
+    if k_uu is not None:
+        kuu = _pad2(flatten_kernel(k_uu).astype(dt), Up * b, Up * b)
+        pad_c = ~jnp.repeat(cand, b)
+        kuu = jnp.where(pad_c[:, None] | pad_c[None, :], jnp.eye(Up * b, dtype=dt), kuu)
+        kap = _diag_blocks(kuu, b)
+    else:
+        kuu = None
+        kap = jnp.asarray(kappa, dt).reshape(U, b, b)
+        kap = jnp.concatenate([kap, jnp.broadcast_to(jnp.eye(b, dtype=dt), (Up - U, b, b))])
+    diag = jnp.where(real, jnp.diagonal(kll), 0)
+    lam = jitter.astype(dt) * jnp.sum(diag) / jnp.maximum(jnp.sum(real), 1)
+    if spec.eval_is_cand:
+        mask_e = cand.astype(dt)
+        kel = fe = keu = None
+    else:
+        E = k_el.shape[0]
+        mask_e = jnp.ones(E, dt)
+        kel = jnp.where(real[None, :], _pad2(flatten_kernel(k_el).astype(dt), E * b, N * b), 0)
+        fe = f_e.astype(dt).reshape(E * b, q)
+        keu = None if k_eu is None else _pad2(flatten_kernel(k_eu).astype(dt).T, Up * b, E * b)
+    return _factor(spec, kll, kul, resid, n, fu, kap, cand, mask_e, lam, kuu, kel, fe, keu,
+                   sequential)
+
+
 def _factor(spec, kll, kul, resid, n, fu, kap, avail, mask_e, lam, kuu, kel, fe, keu,
             sequential):
     """Cholesky, W, linearised predictions and Schur complements (Eq. 10-12)."""
@@ -307,7 +336,7 @@ def _factor(spec, kll, kul, resid, n, fu, kap, avail, mask_e, lam, kuu, kel, fe,
         w_u = w_e = None
     return LookaheadState(chol=chol, k_ll=kll, k_ul=kul, resid=resid, n=n, f_u=fu,
                           lin_u=lin_u, ref_u=fu, kappa=kap, schur=schur,
-                          available=jnp.asarray(avail), mask_e=jnp.asarray(mask_e), lam=lam,
+                          available=avail, mask_e=mask_e, lam=lam,
                           w_u=w_u, k_uu=kuu, a_uu=a_uu, lin_e=lin_e, ref_e=ref_e, w_e=w_e,
                           k_ue=keu, a_ue=a_ue)
 
@@ -385,9 +414,7 @@ def _candidate_score(kind: str, spec: Spec, ref_is_lin: bool, a_row, u_inv, lin_
         new = change(y)
         if kind == "emoc":
             return jnp.sum(mask_e * jnp.linalg.norm(new - ref_e.reshape(E, C), axis=-1))
-        p = jax.nn.softmax(new, axis=-1)                        # eer
-        ent = -jnp.sum(p * jnp.log(jnp.clip(p, 1e-30)), axis=-1)
-        return -jnp.sum(mask_e * ent)
+        return -jnp.sum(mask_e * entropy(jax.nn.softmax(new, axis=-1)))     # eer
 
     vals = jax.lax.map(per_label, jnp.arange(C))
     return jnp.sum(probs * vals)
@@ -483,28 +510,27 @@ def score_candidates(kind: str, spec: Spec, state: LookaheadState, *,
 
 def streaming_scores(kind: str, spec: Spec, state: LookaheadState,
                      row_block: Callable[[int, int], Array], *,
-                     num_chunks: Optional[int] = None) -> tuple[np.ndarray, int]:
-    """Batch scores without Θ(U, E) in memory (the whole-pool path).
+                     num_chunks: Optional[int] = None) -> tuple[Array, Array]:
+    """Batch scores without Θ(U, E) in memory (the whole-pool path), on device.
 
     Args:
       row_block: ``row_block(start, stop)`` returns Θ(U[start:stop], E) as ``(k, E)`` /
-        ``(k, E, B, B)``, computed on demand (e.g. from NTK features).
+        ``(k, E, B, B)``, computed on demand (e.g. from NTK features); ``stop`` may pass
+        the real U (the block is then shorter and is padded here).
       num_chunks: score only the first ``num_chunks`` chunks (timing a fraction).
-    Returns ``((U_pad,) numpy scores, number clamped)`` (fewer with ``num_chunks``).
-    Peak memory: one k × E block (plus the state).
+    Returns ``((U_pad,) scores, () number clamped)`` as device arrays (fewer scores with
+    ``num_chunks``). Peak memory: one k × E block (plus the state).
     """
     k, b = spec.chunk, spec.block
     U = int(state.kappa.shape[0])
     e_cols = int(state.mask_e.shape[0]) * b
-    out, clamped = [], 0
+    out, clamped = [], jnp.zeros((), jnp.int32)
     for start in range(0, U if num_chunks is None else num_chunks * k, k):
-        blk = np.asarray(flatten_kernel(row_block(start, start + k)))
-        if blk.shape != (k * b, e_cols):
-            blk = _pad_to(blk, (k * b, e_cols))
-        s, c = _streaming_chunk(kind, spec, state, np.int32(start), blk)
-        out.append(np.asarray(s))
-        clamped += int(np.sum(c))
-    return np.concatenate(out), clamped
+        blk = _pad2(flatten_kernel(jnp.asarray(row_block(start, start + k))), k * b, e_cols)
+        s, c = _streaming_chunk(kind, spec, state, jnp.int32(start), blk)
+        out.append(s)
+        clamped = clamped + jnp.sum(c)
+    return jnp.concatenate(out), clamped
 
 
 # ----------------------------------------------------------------------------- sequential
@@ -633,8 +659,8 @@ def lookahead_outputs(spec: Spec, state: LookaheadState, labels: Optional[Array]
     return out.reshape(U, -1, C)
 
 
-def augmented_system_scores(k_ll, k_ul, k_uu, f_l, y_l, f_u, lam, chunk: int = 256
-                            ) -> Array:
+def augmented_system_scores(k_ll, k_ul, k_uu, f_l, y_l, f_u, lam, chunk: int = 256,
+                            num_labeled=None) -> Array:
     """MLMOC by solving every candidate's augmented (L+1)×(L+1) system: no Eq. 12.
 
     The paper's "NTK w/o Block" (Fig. 1a): the same kernels, but for each candidate x′
@@ -646,19 +672,30 @@ def augmented_system_scores(k_ll, k_ul, k_uu, f_l, y_l, f_u, lam, chunk: int = 2
       f_l: ``(L, C)``, f_u: ``(U, C)`` network outputs; y_l: ``(L,)`` labels.
       lam: absolute ridge λ (as in :func:`build_system`).
       chunk: candidates solved per vmapped call.
+      num_labeled: the real L when the labeled side is padded (rows ≥ it are replaced by
+        identity rows with zero residuals, which leaves every solution unchanged).
 
     Returns:
-      ``(U,)`` Σ_x ‖f^lin_{L+}(x) − f_L(x)‖₂ over the candidates (Eq. 13).
+      ``(U,)`` Σ_x ‖f^lin_{L+}(x) − f_L(x)‖₂ over the candidates (Eq. 13), on device.
     """
     k_ll, k_ul, k_uu = (jnp.asarray(a) for a in (k_ll, k_ul, k_uu))
     f_l, f_u = jnp.asarray(f_l), jnp.asarray(f_u)
     L, C = f_l.shape
     U = k_uu.shape[0]
-    r = jax.nn.one_hot(jnp.asarray(y_l), C, dtype=f_l.dtype) - f_l
+    n = L if num_labeled is None else num_labeled
+    k_ll, k_ul, r = _mask_labeled(k_ll, k_ul, jnp.asarray(y_l), f_l, jnp.asarray(n))
     yhat = jax.nn.one_hot(jnp.argmax(f_u, -1), C, dtype=f_u.dtype)
     return jnp.concatenate([_augmented_chunk(k_ll, k_ul, k_uu, r, yhat, f_u, lam,
                                              jnp.arange(s, min(s + chunk, U)))
                             for s in range(0, U, chunk)])
+
+
+@jax.jit
+def _mask_labeled(k_ll, k_ul, y_l, f_l, n):
+    real = jnp.arange(k_ll.shape[0]) < n
+    k_ll = jnp.where(real[:, None] & real[None, :], k_ll, jnp.eye(k_ll.shape[0], dtype=k_ll.dtype))
+    r = jnp.where(real[:, None], jax.nn.one_hot(y_l, f_l.shape[1], dtype=f_l.dtype) - f_l, 0)
+    return k_ll, jnp.where(real[None, :], k_ul, 0), r
 
 
 @jax.jit
@@ -674,155 +711,3 @@ def _augmented_chunk(k_ll, k_ul, k_uu, r, yhat, f_u, lam, js):
         return jnp.sum(jnp.linalg.norm(change, axis=-1))
 
     return jax.vmap(one)(js)
-
-
-# ----------------------------------------------------------------------------- strategy glue
-
-
-def _kernels(ctx: AcquisitionContext, output: str, x_eval, streaming: bool):
-    """Θ_LL, Θ_UL, Θ_UU (or its diagonal + feature handles), and eval blocks."""
-    impl = ctx.option("ntk_implementation", "auto")
-    nchunk = ctx.option("ntk_chunk_size", None)
-    from lookahead_jax import ntk
-
-    kw = dict(output=output, implementation=impl, chunk_size=nchunk)
-    if impl == "jvp_vjp" and not streaming and x_eval is None:   # no per-example features
-        ks = ntk.kernel_set(ctx.apply_fn, ctx.params, ctx.x_labeled, ctx.x_candidates, **kw)
-        return dict(k_ll=ks.ll, k_ul=ks.ul, k_uu=ks.uu), None
-    fl = ntk.ntk_features(ctx.apply_fn, ctx.params, ctx.x_labeled, **kw)
-    fu = ntk.ntk_features(ctx.apply_fn, ctx.params, ctx.x_candidates, **kw)
-    kf = functools.partial(ntk.kernel_from_features, chunk_size=nchunk)
-    out = dict(k_ll=kf(fl, fl), k_ul=kf(fu, fl))
-    fe = fu if x_eval is None else ntk.ntk_features(ctx.apply_fn, ctx.params, x_eval, **kw)
-    if x_eval is not None:
-        out["k_el"] = kf(fe, fl)
-    if not streaming:
-        # Θ(U, U) is symmetric: the engine computes the tiles on and above the diagonal
-        out["k_uu"] = ntk.kernel_from_features(fu, fu, chunk_size=int(ctx.option("gram_tile", 512)))
-        if x_eval is not None:
-            out["k_eu"] = kf(fe, fu)
-        return out, None
-    # streaming: Θ(U, U) / Θ(U, E) are never held, only the diagonal and row blocks.
-    k = int(ctx.option("chunk_size", 256))
-    U = ctx.num_candidates
-    diag = []
-    for s in range(0, U, k):
-        blk = np.asarray(kf(ntk.slice_features(fu, s, min(s + k, U)),
-                            ntk.slice_features(fu, s, min(s + k, U))))
-        diag.append(blk[np.arange(blk.shape[0]), np.arange(blk.shape[0])])
-    out["kappa"] = np.concatenate(diag)
-
-    def row_block(start, stop):
-        return kf(ntk.slice_features(fu, start, min(stop, U)), fe)
-
-    return out, row_block
-
-
-def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
-    """Runs one look-ahead acquisition (batch, or sequential when ``ctx.label_fn``).
-
-    Options (``ctx.options``): ``kernel`` (:data:`KERNELS`, default ``"first_logit"``),
-    ``jitter`` (relative ridge, default 1e-5), ``u_floor`` (1e-6), ``chunk_size`` (256),
-    ``eval_x`` (separate evaluation inputs, default the candidates), ``streaming``
-    (never hold Θ(E, U); batch mode only), ``ntk_implementation``, ``ntk_chunk_size``,
-    ``block`` (default True; False solves every augmented system instead of Eq. 12: the
-    paper's "NTK w/o Block", batch MLMOC with a scalar kernel only, for Fig. 1a).
-    Batch selection is the top ``query_size`` scores (no diversity term).
-
-    Sequential mode (``ctx.label_fn`` given): ``query_size`` steps of pick the best
-    available candidate → ``label_fn(j)`` (its TRUE label) → :func:`add_labeled` →
-    re-score; ``Selection.indices`` are in pick order, ``revealed`` the labels, and
-    ``scores`` the step-0 scores (equal to the batch scores; later picks used re-scored
-    values, so ``indices`` need not be the top-k of ``scores``).
-
-    ``info``: ``jitter`` (relative), ``lambda`` (absolute), ``u_floor``, ``clamped``
-    (Schur complements clamped at step 0 / in the batch), ``clamped_all_steps``,
-    ``capacity``, ``block``, ``kernel_s`` and ``total_s`` (seconds).
-    """
-    t0 = time.perf_counter()
-    output = ctx.option("kernel", "first_logit")
-    if output not in KERNELS:
-        raise ValueError(f"unknown kernel {output!r}; known: {KERNELS}")
-    sequential = ctx.label_fn is not None
-    streaming = bool(ctx.option("streaming", False)) and not sequential
-    x_eval = ctx.option("eval_x", None)
-    C = ctx.num_classes
-    U, L, q = ctx.num_candidates, int(ctx.x_labeled.shape[0]), ctx.query_size
-    block = bool(ctx.option("block", True))
-    if not block and (kind != "mlmoc" or sequential or streaming or x_eval is not None
-                      or output == "full"):
-        raise ValueError("block=False (the paper's 'NTK w/o Block') supports batch-mode "
-                         "MLMOC with a scalar kernel and E = U only")
-    kern, row_block = _kernels(ctx, output, x_eval, streaming)
-    jax.block_until_ready(kern)
-    t_kernel = time.perf_counter() - t0
-    f_l = predict_in_chunks(ctx.apply_fn, ctx.params, ctx.x_labeled)
-    f_u = predict_in_chunks(ctx.apply_fn, ctx.params, ctx.x_candidates)
-    if not block:
-        jitter = float(ctx.option("jitter", 1e-5))
-        lam = jitter * float(np.mean(np.diagonal(np.asarray(kern["k_ll"]))))
-        scores = np.asarray(augmented_system_scores(
-            kern["k_ll"], kern["k_ul"], kern["k_uu"], f_l, ctx.y_labeled, f_u, lam,
-            int(ctx.option("chunk_size", 256))), np.float64)
-        return Selection(indices=top_k(scores, q), scores=scores,
-                         info=dict(jitter=jitter, kernel_s=t_kernel,
-                                   total_s=time.perf_counter() - t0))
-    f_e = None if x_eval is None else predict_in_chunks(ctx.apply_fn, ctx.params, x_eval)
-    capacity = max(int(ctx.labeled_capacity or 0), L + (q if sequential else 0))
-    state, spec, info = build_system(
-        y_l=ctx.y_labeled, f_l=f_l, f_u=f_u, f_e=f_e, num_classes=C, capacity=capacity,
-        jitter=float(ctx.option("jitter", 1e-5)), u_floor=float(ctx.option("u_floor", 1e-6)),
-        chunk_size=int(ctx.option("chunk_size", 256)), sequential=sequential, **kern)
-    info = dict(info, kernel_s=t_kernel)
-    if streaming:
-        scores, clamped = streaming_scores(kind, spec, state, row_block)
-        scores = np.asarray(scores, np.float64)[:U]
-        info.update(clamped=clamped, total_s=time.perf_counter() - t0)
-        return Selection(indices=top_k(scores, q), scores=scores, info=info)
-    if not sequential:
-        scores, clamped = score_candidates(kind, spec, state)
-        scores = np.asarray(scores, np.float64)[:U]
-        info.update(clamped=int(clamped), total_s=time.perf_counter() - t0)
-        return Selection(indices=top_k(scores, q), scores=scores, info=info)
-    picked, labels, total_clamped = [], [], 0
-    first = None
-    for t in range(q):
-        scores, clamped = score_candidates(kind, spec, state, ref_is_lin=t > 0)
-        total_clamped += int(clamped)
-        scores = np.asarray(scores, np.float64)
-        if first is None:
-            first = scores[:U]
-            info["clamped"] = int(clamped)
-        j = int(np.argmax(scores))          # unavailable candidates are −inf
-        y = int(ctx.label_fn(j))
-        picked.append(j)
-        labels.append(y)
-        state = add_labeled(spec, state, np.int32(j), np.int32(y))
-    info.update(clamped_all_steps=total_clamped, total_s=time.perf_counter() - t0)
-    # ``scores``: step-0 scores (= the batch scores); later picks used re-scored values.
-    return Selection(indices=np.asarray(picked, np.int64), scores=first,
-                     revealed=np.asarray(labels, np.int64), info=info)
-
-
-@register_strategy("mlmoc", sequential=True)
-def mlmoc_strategy(ctx: AcquisitionContext) -> Selection:
-    """NTK look-ahead MLMOC (Eq. 13): Σ_x ‖f_L(x) − f^lin_{L+}(x)‖ with y' = argmax f_L(x')."""
-    return lookahead_select(ctx, "mlmoc")
-
-
-@register_strategy("emoc", sequential=True)
-def emoc_strategy(ctx: AcquisitionContext) -> Selection:
-    """NTK look-ahead EMOC (Eq. 3): MLMOC's sum in expectation over softmax(f_L(x')). C× cost."""
-    return lookahead_select(ctx, "emoc")
-
-
-@register_strategy("eer", sequential=True)
-def eer_strategy(ctx: AcquisitionContext) -> Selection:
-    """NTK look-ahead expected error reduction (Eq. 2): −E_y Σ_x H(softmax(f^lin_{L+}(x)))."""
-    return lookahead_select(ctx, "eer")
-
-
-@register_strategy("label_flip", sequential=True)
-def label_flip_strategy(ctx: AcquisitionContext) -> Selection:
-    """Fraction of evaluation points whose argmax flips (the authors' released code's score)."""
-    return lookahead_select(ctx, "label_flip")

@@ -1,16 +1,22 @@
 """The pool-based active-learning loop (the paper's Algorithm 1), resumable.
 
-One cycle: train f_L on the labeled set (warm or cold start), evaluate on the test split,
-draw a random candidate subset of the unlabeled pool, score it with the strategy, select
-``query_size`` points, reveal their labels through the :class:`Oracle`, record. The last
-cycle trains and evaluates only, so ``cycles`` cycles reveal ``(cycles - 1) ·
-query_size`` labels.
+One cycle (:func:`run_cycle`): train f_L on the labeled set (warm or cold start),
+evaluate on the test split, draw a random candidate subset of the unlabeled pool, score it
+with the strategy, select ``query_size`` points, reveal their labels through the
+:class:`Oracle`, record. The last cycle trains and evaluates only, so ``cycles`` cycles
+reveal ``(cycles - 1) · query_size`` labels. :func:`run` sets a run up (validation before
+any training, the model, the workdir) and drives the cycles.
+
+Any :class:`~lookahead_jax.models.Model` runs here: pass ``model=`` (a Flax NNX or linen
+module through its adapter, an Equinox model, a plain function), or name a built-in
+network in ``LoopConfig.model``.
 
 State (:class:`ALState`) is an immutable pytree over the *fixed* training pool: a
 labeled mask and the labels revealed so far, so shapes never change across cycles.
 Everything needed to continue lives in the workdir (see :mod:`lookahead_jax.records`):
 running the same config on the same workdir resumes after the last finished cycle and
-reproduces the queried indices and accuracies of an uninterrupted run.
+reproduces the queried indices and accuracies of an uninterrupted run. Randomness comes
+from one key tree (:mod:`lookahead_jax.rng`).
 """
 
 from __future__ import annotations
@@ -19,14 +25,17 @@ import dataclasses
 import json
 import os
 import time
+import typing
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 from flax import serialization, struct
 
-from lookahead_jax import acquisition, models, records
+from lookahead_jax import data, models, records, rng, strategies
 from lookahead_jax import train as train_lib
+from lookahead_jax.models import Model, Variables
 
 PyTree = Any
 
@@ -40,10 +49,12 @@ class LoopConfig:
 
     Attributes:
       dataset: a name from ``data.DATASETS`` (or an alias such as ``svhn``).
-      model: a name from ``models.MODELS``.
-      model_kwargs: the model's options as ``((name, value), ...)``.
-      strategy: a registered strategy name (``acquisition.available_strategies()``).
-      strategy_options: the strategy's options as ``((name, value), ...)``.
+      model: a name from ``models.MODELS``, or the name of the ``Model`` given to
+        :func:`run` (recorded so a workdir knows its network).
+      model_kwargs: the built-in model's options as ``((name, value), ...)``.
+      strategy: a registered strategy name (``strategies.names()``).
+      strategy_options: the strategy's options as ``((name, value), ...)``, validated
+        against its options type before any training.
       sequential: reveal labels one at a time inside the acquisition (needs a
         sequential-capable strategy, e.g. ``mlmoc``); SGD retraining happens once per cycle.
       cycles: train/evaluate rounds; a query follows every round but the last.
@@ -75,11 +86,61 @@ class LoopConfig:
     max_test: Optional[int] = None
     train: train_lib.TrainConfig = train_lib.TrainConfig()
 
+    def __post_init__(self):
+        for key in ("model_kwargs", "strategy_options"):
+            v = getattr(self, key)
+            if isinstance(v, Mapping):
+                object.__setattr__(self, key, tuple(sorted((k, _hashable(x))
+                                                           for k, x in v.items())))
+        for name in ("dataset", "model", "strategy"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got "
+                                 f"{getattr(self, name)!r}")
+        for name in ("cycles", "initial_size", "query_size", "subset_size", "seed",
+                     "max_train", "max_test"):
+            v = getattr(self, name)
+            if v is None and name in ("max_train", "max_test"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+            if name == "seed" and v < 0:
+                raise ValueError(f"seed must be a non-negative integer, got {v}")
+            if name != "seed" and v <= 0:
+                raise ValueError(f"{name} must be positive, got {v}")
+        for name in ("sequential", "download"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.train, train_lib.TrainConfig):
+            raise ValueError("train must be a train.TrainConfig")
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["model_kwargs"] = {k: _jsonable(v) for k, v in self.model_kwargs}
         d["strategy_options"] = {k: _jsonable(v) for k, v in self.strategy_options}
         return d
+
+    def to_config_dict(self):
+        """This config as an unlocked ``ml_collections.ConfigDict`` (what config files return).
+
+        ``None`` fields become typed placeholders, so ``--config.<field>=...`` parses;
+        ``model_kwargs`` and ``strategy_options`` are nested dicts that accept new keys.
+        """
+        def convert(obj, d):
+            hints = typing.get_type_hints(type(obj))
+            out = ml_collections.ConfigDict()
+            for f in dataclasses.fields(obj):
+                v = d[f.name]
+                if dataclasses.is_dataclass(getattr(obj, f.name)):
+                    v = convert(getattr(obj, f.name), v)
+                elif isinstance(v, dict):
+                    v = ml_collections.ConfigDict({k: _hashable(x) for k, x in v.items()})
+                elif v is None:
+                    inner = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+                    v = ml_collections.config_dict.placeholder(inner[0] if inner else str)
+                setattr(out, f.name, v)
+            return out
+
+        return convert(self, self.to_dict())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LoopConfig":
@@ -96,9 +157,6 @@ class LoopConfig:
                 raise ValueError(f"unknown train field(s) {sorted(set(t) - tknown)}; "
                                  f"known: {sorted(tknown)}")
             d["train"] = train_lib.TrainConfig(**t)
-        for key in ("model_kwargs", "strategy_options"):
-            if key in d and isinstance(d[key], Mapping):
-                d[key] = tuple(sorted((k, _hashable(v)) for k, v in d[key].items()))
         return cls(**d)
 
 
@@ -121,26 +179,28 @@ def effective_subset_size(config: LoopConfig, pool_size: int) -> int:
     return min(config.subset_size, last_unlabeled)
 
 
-def validate_config(config: LoopConfig, pool_size: Optional[int] = None) -> None:
+def validate_config(config: LoopConfig, pool_size: Optional[int] = None, *,
+                    model: Optional[Model] = None) -> strategies.Options:
     """Raises ``ValueError`` naming the problem for any config that cannot run.
 
-    Checks names (dataset, model, strategy), positivity of sizes, that the query fits in
-    the subset and that the pool can supply every query; run before any training.
-    """
-    from lookahead_jax import data
+    Checks names (dataset, model and its options, strategy), the strategy's options
+    (unknown keys, types, ranges), sequential capability, that the query fits in the
+    subset and that the pool can supply every query; run before any training.
 
-    data.canonical_name(config.dataset)
-    if config.model not in models.MODELS:
-        raise ValueError(f"unknown model {config.model!r}; known models: "
-                         f"{', '.join(sorted(models.MODELS))}")
-    acquisition.get_strategy(config.strategy)
-    if config.sequential and not acquisition.is_sequential(config.strategy):
-        seq = [s for s in acquisition.available_strategies() if acquisition.is_sequential(s)]
+    Returns:
+      the strategy's validated options.
+    """
+    if not config.dataset.startswith(data.SOURCE_PREFIXES):
+        data.canonical_name(config.dataset)
+    if model is None:
+        models.create_model(config.model, 2, **dict(config.model_kwargs))
+    strategy = strategies.get(config.strategy)
+    options = strategy.parse_options(dict(config.strategy_options))
+    if model is not None:
+        strategy.check_model(model)
+    if config.sequential and not strategy.sequential:
         raise ValueError(f"strategy {config.strategy!r} has no sequential mode; sequential "
-                         f"strategies: {', '.join(seq) or 'none registered'}")
-    for name in ("cycles", "initial_size", "query_size", "subset_size"):
-        if getattr(config, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+                         f"strategies: {', '.join(strategies.sequential_names())}")
     if config.query_size > config.subset_size:
         raise ValueError(f"query_size ({config.query_size}) is larger than subset_size "
                          f"({config.subset_size}): cannot select more points than are scored")
@@ -153,6 +213,7 @@ def validate_config(config: LoopConfig, pool_size: Optional[int] = None) -> None
                 f"pool of {pool_size} examples")
         if config.cycles > 1 and effective_subset_size(config, pool_size) < config.query_size:
             raise ValueError("the pool cannot supply a candidate subset as large as the query")
+    return options
 
 
 # ----------------------------------------------------------------------------- oracle
@@ -188,13 +249,11 @@ class ALState(struct.PyTreeNode):
     Attributes:
       labeled: ``(N,)`` bool mask of the labeled set.
       labels: ``(N,)`` int32 revealed labels, −1 where unknown.
-      key: the run's base PRNG key (folded with the cycle number where used).
       cycle: ``()`` the next cycle to run.
     """
 
     labeled: np.ndarray
     labels: np.ndarray
-    key: jax.Array
     cycle: int = struct.field(pytree_node=False, default=0)
 
     def reveal(self, pool_indices: np.ndarray, labels: np.ndarray) -> "ALState":
@@ -213,19 +272,18 @@ def _set(a: np.ndarray, idx, values) -> np.ndarray:
 
 def initial_state(config: LoopConfig, pool_size: int, oracle: Oracle) -> ALState:
     """The seeded random initial labeled set, its labels revealed by the oracle."""
-    rng = np.random.default_rng([config.seed, 0x1A17])
-    init = np.sort(rng.choice(pool_size, config.initial_size, replace=False))
+    gen = rng.numpy_rng(rng.key(config.seed, "initial_set"))
+    init = np.sort(gen.choice(pool_size, config.initial_size, replace=False))
     state = ALState(labeled=np.zeros(pool_size, bool),
-                    labels=np.full(pool_size, -1, np.int32),
-                    key=jax.random.key(config.seed), cycle=0)
+                    labels=np.full(pool_size, -1, np.int32), cycle=0)
     return state.reveal(init, np.asarray(oracle(init), np.int32))
 
 
 def draw_candidates(state: ALState, config: LoopConfig, subset: int) -> np.ndarray:
     """Sorted pool indices of a seeded random subset of the unlabeled pool, ``(subset,)``."""
-    rng = np.random.default_rng([config.seed, 0xC4D, state.cycle])
+    gen = rng.numpy_rng(rng.key(config.seed, "candidates", state.cycle))
     unlabeled = np.flatnonzero(~state.labeled)
-    return np.sort(rng.choice(unlabeled, subset, replace=False))
+    return np.sort(gen.choice(unlabeled, subset, replace=False))
 
 
 # ----------------------------------------------------------------------------- workdir
@@ -285,16 +343,22 @@ class RunStore:
             if len(keep) != len(rows):
                 records.rewrite_jsonl(self.path(f"{kind}.jsonl"), keep)
 
-    def save_cycle(self, cycle: int, variables: dict) -> None:
+    def save_cycle(self, cycle: int, variables: Variables) -> None:
         if not self.workdir:
             return
+        leaves = [np.asarray(leaf) for leaf in jax.device_get(jax.tree.leaves(variables))]
         records.atomic_write_bytes(self.path("checkpoint.msgpack"),
-                                   serialization.to_bytes(variables))
+                                   serialization.msgpack_serialize(leaves))
         records.atomic_write_json(self.path("state.json"), {"cycle_done": cycle})
 
-    def load_variables(self, template: dict) -> dict:
+    def load_variables(self, template: Variables) -> Variables:
+        """The checkpointed variables, in the structure (and shapes) of ``template``."""
         with open(self.path("checkpoint.msgpack"), "rb") as fh:
-            return serialization.from_bytes(template, fh.read())
+            leaves = serialization.msgpack_restore(fh.read())
+        flat, treedef = jax.tree.flatten(template)
+        leaves = [leaves[str(i)] if isinstance(leaves, dict) else leaves[i]
+                  for i in range(len(flat))]
+        return Variables(*jax.tree.unflatten(treedef, leaves))
 
 
 class RecordingOracle:
@@ -332,16 +396,156 @@ class RunResult(struct.PyTreeNode):
 
 def load_config_dataset(config: LoopConfig):
     """The ``data.Dataset`` named by ``config`` (its data_dir, manual_dir, subsampling)."""
-    from lookahead_jax import data
-
     return data.load_dataset(config.dataset, data_dir=config.data_dir,
                              manual_dir=config.manual_dir, download=config.download,
                              max_train=config.max_train, max_test=config.max_test,
                              seed=config.seed)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    """Everything fixed for the life of a run (built once by :func:`setup`)."""
+
+    config: LoopConfig
+    dataset: Any
+    model: Model
+    strategy: strategies.Strategy
+    options: strategies.Options
+    store: RunStore
+    oracle: RecordingOracle
+    aux_loss: Optional[Callable]
+    subset: int
+    capacity: int
+
+
+def setup(config: LoopConfig, workdir: Optional[str], *, dataset=None,
+          model: Optional[Model] = None, oracle: Optional[Oracle] = None) -> RunSetup:
+    """Validates everything, loads the data, builds the model and opens the workdir.
+
+    Nothing is trained and no label is asked for here.
+    """
+    if model is not None:
+        config = dataclasses.replace(config, model=model.name, model_kwargs=())
+    validate_config(config, model=model)
+    if dataset is None:
+        dataset = load_config_dataset(config)
+    else:
+        data.validate_dataset(dataset)
+    pool = int(dataset.x_train.shape[0])
+    options = validate_config(config, pool, model=model)
+    strategy = strategies.get(config.strategy)
+    if model is None:
+        model = models.get_model(config.model, dataset.num_classes, **dict(config.model_kwargs))
+    strategy.check_model(model)
+    models.require(model, "init", "the active-learning loop")
+    if strategy.wrap_model is not None:
+        model = strategy.wrap_model(model, options)
+    store = RunStore(workdir)
+    store.check_config(config)
+    return RunSetup(config=config, dataset=dataset, model=model, strategy=strategy,
+                    options=options, store=store,
+                    oracle=RecordingOracle(oracle or DatasetOracle(dataset.y_train), store),
+                    aux_loss=strategy.aux_loss(options) if strategy.aux_loss else None,
+                    subset=effective_subset_size(config, pool),
+                    capacity=labeled_capacity(config))
+
+
+def init_variables(run: RunSetup, cycle: Optional[int] = None) -> Variables:
+    """Fresh network variables (``cycle``: a cold start's own key)."""
+    x0 = np.asarray(run.dataset.x_train[:1])
+    return Variables(*run.model.init(rng.key(run.config.seed, "init", cycle), x0))
+
+
+def resume(run: RunSetup, log: Callable[[str], None]) -> tuple[ALState, Variables, list]:
+    """The state after the workdir's last finished cycle (a fresh one for a new run)."""
+    config, store = run.config, run.store
+    pool = int(run.dataset.x_train.shape[0])
+    state = initial_state(config, pool, lambda idx: run.oracle(idx, cycle=-1))
+    done = store.cycle_done()
+    store.truncate_after(done)
+    queries = [q for q in store.rows("queries") if q["cycle"] <= done]
+    for q in queries:
+        state = state.reveal(q["indices"], q["labels"])
+    fresh = init_variables(run)
+    variables = store.load_variables(fresh) if done >= 0 else fresh
+    if done >= 0:
+        log(f"resuming {store.workdir} after cycle {done} ({int(state.labeled.sum())} labels)")
+    return state.replace(cycle=done + 1), variables, queries
+
+
+def train_cycle(run: RunSetup, state: ALState, variables: Variables
+                ) -> tuple[Variables, dict]:
+    """Trains f_L on the labeled set and evaluates it: ``(variables, metrics row)``."""
+    config, cycle = run.config, state.cycle
+    labeled_idx = np.flatnonzero(state.labeled)
+    t0 = time.perf_counter()
+    start = variables
+    if not config.train.warm_start and cycle > 0:
+        start = init_variables(run, cycle)
+    tstate = train_lib.create_train_state(run.model, start, config.train)
+    tstate, train_loss = train_lib.fit(tstate, run.dataset.x_train[labeled_idx],
+                                       state.labels[labeled_idx], config.train,
+                                       key=rng.key(config.seed, "train", cycle),
+                                       aux_loss=run.aux_loss)
+    variables = tstate.variables
+    seconds_train = time.perf_counter() - t0
+    test_acc = train_lib.accuracy(run.model, variables, run.dataset.x_test,
+                                  run.dataset.y_test, config.train.eval_batch_size)
+    return variables, {"cycle": cycle, "num_labeled": int(labeled_idx.size),
+                       "test_accuracy": test_acc, "train_loss": train_loss,
+                       "seconds_train": seconds_train, "seconds_score": 0.0,
+                       "seconds_select": 0.0}
+
+
+def acquire(run: RunSetup, state: ALState, variables: Variables, row: dict
+            ) -> tuple[ALState, dict]:
+    """One acquisition step: candidates → strategy → oracle. Returns the state and query.
+
+    ``row`` (the cycle's metrics) gains the seconds of scoring and selection and the
+    strategy's logged scalars (``info_*``).
+    """
+    config, cycle = run.config, state.cycle
+    labeled_idx = np.flatnonzero(state.labeled)
+    cand = draw_candidates(state, config, run.subset)
+    x_pool = run.dataset.x_train
+    ctx = strategies.AcquisitionContext(
+        model=run.model, params=variables.params, state=variables.state,
+        x_labeled=x_pool[labeled_idx], y_labeled=state.labels[labeled_idx],
+        x_candidates=x_pool[cand], num_classes=run.dataset.num_classes,
+        query_size=config.query_size, key=rng.key(config.seed, "acquire", cycle),
+        loss=config.train.loss,
+        label_fn=_label_fn(run.oracle, cand, cycle) if config.sequential else None,
+        labeled_capacity=run.capacity, options=run.options)
+    t1 = time.perf_counter()
+    selection = run.strategy(ctx)
+    t2 = time.perf_counter()
+    chosen = cand[_check_selection(selection, config, run.subset)]
+    labels = run.oracle(chosen, cycle=cycle)
+    if selection.revealed is not None and not np.array_equal(
+            np.asarray(selection.revealed), labels):
+        raise RuntimeError("the strategy's revealed labels disagree with the oracle")
+    state = state.reveal(chosen, labels)
+    row.update(seconds_score=t2 - t1, seconds_select=time.perf_counter() - t2,
+               **{f"info_{k}": float(v) for k, v in dict(selection.info).items()})
+    return state, {"cycle": cycle, "indices": chosen.tolist(), "labels": labels.tolist()}
+
+
+def run_cycle(run: RunSetup, state: ALState, variables: Variables
+              ) -> tuple[ALState, Variables, dict, Optional[dict]]:
+    """One cycle of Algorithm 1: train, evaluate, and (but in the last cycle) acquire.
+
+    Returns ``(state, variables, metrics row, query or None)``; nothing is recorded.
+    """
+    variables, row = train_cycle(run, state, variables)
+    query = None
+    if state.cycle < run.config.cycles - 1:
+        state, query = acquire(run, state, variables, row)
+    return state.replace(cycle=state.cycle + 1), variables, row, query
+
+
 def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
-        oracle: Optional[Oracle] = None, log: Callable[[str], None] = print,
+        model: Optional[Model] = None, oracle: Optional[Oracle] = None,
+        log: Callable[[str], None] = print,
         stop_after_cycle: Optional[int] = None) -> RunResult:
     """Runs (or resumes) an active-learning experiment.
 
@@ -349,6 +553,8 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
       config: the run; validated before any training.
       workdir: where records go; ``None`` keeps them in memory (no resume).
       dataset: a preloaded ``data.Dataset`` (else loaded from ``config``).
+      model: any :class:`~lookahead_jax.models.Model` (else the built-in
+        ``config.model``); it needs ``init``. ``config.model`` is set to its name.
       oracle: label source (default: the dataset's own labels).
       log: progress sink, one line per cycle.
       stop_after_cycle: finish this cycle and return (tests of resumption).
@@ -356,97 +562,20 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
     Returns:
       a :class:`RunResult`; the same rows are in ``workdir``.
     """
-    from lookahead_jax import data
-
-    validate_config(config)
-    if dataset is None:
-        dataset = load_config_dataset(config)
-    else:
-        data.validate_dataset(dataset)
-    pool = int(dataset.x_train.shape[0])
-    validate_config(config, pool)
-    store = RunStore(workdir)
-    store.check_config(config)
-    oracle = RecordingOracle(oracle or DatasetOracle(dataset.y_train), store)
-
-    model = models.create_model(config.model, dataset.num_classes, **dict(config.model_kwargs))
-    wrap_model, custom_fit = acquisition.strategy_hooks(config.strategy)
-    if wrap_model is not None:
-        model = wrap_model(model)
-    fit = custom_fit or train_lib.fit
-    init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
-    fresh = models.init_variables(model, init_key, dataset.input_shape)
-
-    state = initial_state(config, pool, lambda idx: oracle(idx, cycle=-1))
-    done = store.cycle_done()
-    store.truncate_after(done)
-    queries = [q for q in store.rows("queries") if q["cycle"] <= done]
-    for q in queries:
-        state = state.reveal(q["indices"], q["labels"])
-    variables = store.load_variables(fresh) if done >= 0 else fresh
-    state = state.replace(cycle=done + 1)
-    if done >= 0:
-        log(f"resuming {workdir} after cycle {done} ({int(state.labeled.sum())} labels)")
-
-    subset = effective_subset_size(config, pool)
-    capacity = labeled_capacity(config)
-    strategy = acquisition.get_strategy(config.strategy)
-    x_pool, x_test = dataset.x_train, dataset.x_test
-    while state.cycle < config.cycles:
+    run_ = setup(config, workdir, dataset=dataset, model=model, oracle=oracle)
+    state, variables, queries = resume(run_, log)
+    store = run_.store
+    while state.cycle < run_.config.cycles:
         cycle = state.cycle
-        labeled_idx = np.flatnonzero(state.labeled)
-        # --- train
-        t0 = time.perf_counter()
-        start = variables
-        if not config.train.warm_start and cycle > 0:
-            start = models.init_variables(model, jax.random.fold_in(init_key, cycle),
-                                          dataset.input_shape)
-        tstate = train_lib.create_train_state(model, start, config.train)
-        tstate, train_loss = fit(tstate, x_pool[labeled_idx],
-                                 state.labels[labeled_idx], config.train,
-                                 seed=config.seed * 100_003 + cycle)
-        variables = tstate.variables
-        seconds_train = time.perf_counter() - t0
-        # --- evaluate
-        test_acc = train_lib.accuracy(model, variables, x_test, dataset.y_test,
-                                      config.train.eval_batch_size)
-        row = {"cycle": cycle, "num_labeled": int(labeled_idx.size),
-               "test_accuracy": test_acc, "train_loss": train_loss,
-               "seconds_train": seconds_train, "seconds_score": 0.0, "seconds_select": 0.0}
-        # --- acquire
-        if cycle < config.cycles - 1:
-            cand = draw_candidates(state, config, subset)
-            key = jax.random.fold_in(state.key, cycle)
-            label_fn = _label_fn(oracle, cand, cycle) if config.sequential else None
-            ctx = acquisition.AcquisitionContext(
-                apply_fn=models.bind_eval(model, variables), params=variables["params"],
-                variables=variables, model=model, x_labeled=x_pool[labeled_idx],
-                y_labeled=state.labels[labeled_idx], x_candidates=x_pool[cand],
-                num_classes=dataset.num_classes, query_size=config.query_size, key=key,
-                loss=config.train.loss, label_fn=label_fn, labeled_capacity=capacity,
-                options=dict(config.strategy_options))
-            t1 = time.perf_counter()
-            selection = strategy(ctx)
-            t2 = time.perf_counter()
-            picked = _check_selection(selection, config, subset)
-            chosen = cand[picked]
-            labels = oracle(chosen, cycle=cycle)
-            if selection.revealed is not None and not np.array_equal(
-                    np.asarray(selection.revealed), labels):
-                raise RuntimeError("the strategy's revealed labels disagree with the oracle")
-            state = state.reveal(chosen, labels)
-            t3 = time.perf_counter()
-            row.update(seconds_score=t2 - t1, seconds_select=t3 - t2,
-                       **{f"info_{k}": float(v) for k, v in dict(selection.info).items()})
-            query = {"cycle": cycle, "indices": chosen.tolist(), "labels": labels.tolist()}
+        state, variables, row, query = run_cycle(run_, state, variables)
+        if query is not None:
             store.append("queries", query)
             queries.append(query)
         store.append("metrics", row)
         store.save_cycle(cycle, variables)
-        log(_progress_line(row, config))
-        state = state.replace(cycle=cycle + 1)
+        log(_progress_line(row, run_.config))
         if workdir:
-            _plot(store, config)
+            _plot(store, run_.config)
         if stop_after_cycle is not None and cycle >= stop_after_cycle:
             break
     return RunResult(metrics=store.rows("metrics"), queries=queries, state=state)
@@ -461,7 +590,7 @@ def _label_fn(oracle: RecordingOracle, cand: np.ndarray, cycle: int):
     return label_fn
 
 
-def _check_selection(selection: acquisition.Selection, config: LoopConfig,
+def _check_selection(selection: strategies.Selection, config: LoopConfig,
                      subset: int) -> np.ndarray:
     idx = np.asarray(selection.indices, dtype=np.int64).reshape(-1)
     if idx.size != config.query_size or np.unique(idx).size != idx.size:
@@ -490,53 +619,60 @@ def _plot(store: RunStore, config: LoopConfig) -> None:
 def labeled_indices_from_records(workdir: str, config: LoopConfig, pool_size: int
                                  ) -> np.ndarray:
     """Rebuilds the labeled set of a workdir exactly: initial draw + every query row."""
-    rng = np.random.default_rng([config.seed, 0x1A17])
-    init = rng.choice(pool_size, config.initial_size, replace=False)
+    gen = rng.numpy_rng(rng.key(config.seed, "initial_set"))
+    init = gen.choice(pool_size, config.initial_size, replace=False)
     queried = [i for q in records.read_jsonl(os.path.join(workdir, "queries.jsonl"))
                for i in q["indices"]]
     return np.sort(np.concatenate([init, np.asarray(queried, dtype=np.int64)]))
 
 
-def summary_table(curves: Mapping[str, Sequence[dict]]) -> str:
-    """A text table of test accuracy per cycle, one column per run."""
-    names = list(curves)
-    n = max(len(v) for v in curves.values())
-    head = f"{'cycle':>5} {'labeled':>8} " + " ".join(f"{s:>16}" for s in names)
-    lines = [head, "-" * len(head)]
-    for c in range(n):
-        first = next(v[c] for v in curves.values() if len(v) > c)
-        cells = [f"{100 * v[c]['test_accuracy']:15.2f}%" if len(v) > c else " " * 16
-                 for v in curves.values()]
-        lines.append(f"{c + 1:>5} {first['num_labeled']:>8} " + " ".join(cells))
-    return "\n".join(lines)
+def _options_for(name: str, options: tuple, names: Sequence[str]) -> tuple:
+    """The options of ``options`` that strategy ``name`` knows, when several strategies
+    share one set; an option no strategy knows is refused naming every known option."""
+    if len(names) == 1:
+        return options
+    known = {s: set(strategies.get(s).options.names()) for s in names}
+    for key, _ in options:
+        if not any(key in k for k in known.values()):
+            listing = ", ".join(sorted(set().union(*known.values()))) or "none"
+            raise ValueError(f"no strategy of {', '.join(names)} has an option {key!r}; "
+                             f"their options: {listing}")
+    return tuple((k, v) for k, v in options if k in known[name])
 
 
-def run_strategies(config: LoopConfig, strategies: Sequence[str], workdir: Optional[str],
-                   *, log: Callable[[str], None] = print, dataset=None
-                   ) -> dict[str, RunResult]:
+def run_strategies(config: LoopConfig, names: Sequence[str], workdir: Optional[str],
+                   *, log: Callable[[str], None] = print, dataset=None,
+                   model: Optional[Model] = None) -> dict[str, RunResult]:
     """Runs the same setting once per strategy (``workdir/<strategy>/``) and compares.
 
-    Every config is validated before the first run starts. Writes
+    ``config.strategy_options`` are shared: each strategy gets the options it knows, and
+    an option none of them knows is refused. Every config is validated before the first
+    run starts. Writes
     ``workdir/learning_curves.png`` with one line per strategy and returns
     ``{strategy: RunResult}``.
     """
 
-    configs = {s: dataclasses.replace(config, strategy=s) for s in strategies}
-    if not configs:
+    if not names:
         raise ValueError("no strategy given")
+    if len(set(names)) != len(names):
+        dup = sorted({s for s in names if list(names).count(s) > 1})
+        raise ValueError(f"strategy {dup[0]!r} is given twice; each strategy runs once")
+    configs = {s: dataclasses.replace(config, strategy=s, strategy_options=_options_for(
+        s, config.strategy_options, names)) for s in names}
     for c in configs.values():
-        validate_config(c)
+        validate_config(c, model=model)
     if dataset is None:
         dataset = load_config_dataset(config)
     for c in configs.values():
-        validate_config(c, int(dataset.x_train.shape[0]))
+        validate_config(c, int(dataset.x_train.shape[0]), model=model)
     results = {}
     for s, c in configs.items():
         sub = os.path.join(workdir, s) if workdir else None
-        results[s] = run(c, sub, dataset=dataset, log=log)
+        results[s] = run(c, sub, dataset=dataset, model=model, log=log)
     if workdir:
-        curves = {s: ([m["num_labeled"] for m in r.metrics], [m["test_accuracy"] for m in r.metrics])
-                  for s, r in results.items()}
+        curves = {s: ([m["num_labeled"] for m in r.metrics],
+                      [m["test_accuracy"] for m in r.metrics]) for s, r in results.items()}
+        name = model.name if model is not None else config.model
         records.plot_learning_curves(curves, os.path.join(workdir, "learning_curves.png"),
-                                     title=f"{config.dataset} / {config.model}, seed {config.seed}")
+                                     title=f"{config.dataset} / {name}, seed {config.seed}")
     return results

@@ -10,6 +10,10 @@ argument of the step, not a schedule baked into the optimizer. So a growing labe
 never recompiles :func:`train_step`.
 
 State is an immutable :class:`TrainState` pytree; :func:`train_step` returns a new one.
+Any :class:`~lookahead_jax.models.Model` trains here: the step calls its training-mode
+forward (``Model.forward_train``: logits, the new non-parameter state such as BatchNorm
+statistics, and auxiliary outputs). Strategies that change training (LL4AL) add an
+auxiliary loss through ``aux_loss`` instead of a loop of their own.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ import dataclasses
 import functools
 from typing import Any, Callable, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
 
-from lookahead_jax import models
+from lookahead_jax import rng
+from lookahead_jax.models import Model, Variables, apply_in_chunks
 
 PyTree = Any
 LOSSES = ("mse", "ce")
@@ -60,12 +64,26 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; known losses: {', '.join(LOSSES)}")
+            raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"train.{name} must be a positive integer, got {v!r}")
+        for name in ("learning_rate", "momentum", "weight_decay", "pct_start"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
+                    or not np.isfinite(v):
+                raise ValueError(f"train.{name} must be a finite number, got {v!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"train.learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"train.pct_start must be in (0, 1), got {self.pct_start}")
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise ValueError(f"train.warm_start must be true or false, got {self.warm_start!r}")
 
 
 class TrainState(struct.PyTreeNode):
@@ -73,26 +91,23 @@ class TrainState(struct.PyTreeNode):
 
     Attributes:
       step: ``()`` int32, steps taken this cycle.
-      params: the ``params`` collection (differentiated).
-      batch_stats: BatchNorm running statistics (``{}`` for models without BN).
+      params: the trained (differentiated) parameters.
+      model_state: the model's non-parameter state (BatchNorm statistics; ``{}`` if none).
       opt_state: SGD-momentum state.
-      model: the Flax module (static).
+      model: the :class:`~lookahead_jax.models.Model` (static).
       tx: the optax transformation (static).
     """
 
     step: jax.Array
     params: PyTree
-    batch_stats: PyTree
+    model_state: PyTree
     opt_state: optax.OptState
-    model: nn.Module = struct.field(pytree_node=False)
+    model: Model = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
     @property
-    def variables(self) -> dict:
-        v = {"params": self.params}
-        if self.batch_stats:
-            v["batch_stats"] = self.batch_stats
-        return v
+    def variables(self) -> Variables:
+        return Variables(self.params, self.model_state)
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -112,154 +127,179 @@ def _sgd_momentum(weight_decay: float, momentum: float) -> optax.GradientTransfo
                        optax.trace(decay=momentum, nesterov=False))
 
 
-def create_train_state(model: nn.Module, variables: dict, config: TrainConfig) -> TrainState:
-    """A fresh optimizer state around ``variables`` (``{"params", ["batch_stats"]}``)."""
+def create_train_state(model: Model, variables: Variables, config: TrainConfig) -> TrainState:
+    """A fresh optimizer state around ``variables`` (:class:`~lookahead_jax.models.Variables`)."""
     tx = make_optimizer(config)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}),
+    params, state = variables
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=state,
                       opt_state=tx.init(params), model=model, tx=tx)
 
 
 def one_cycle_lr(step: int, total_steps: int, config: TrainConfig) -> float:
     """The 1cycle policy (Smith & Topin): cosine warm-up to the peak, cosine annealing.
 
-    Starts at ``peak / 25`` and ends at ``peak / 1e4`` (torch's OneCycleLR defaults).
+    Starts at ``peak / 25`` and ends at ``peak / 1e4`` (torch's OneCycleLR defaults):
+    ``optax.cosine_onecycle_schedule`` with ``div_factor=25``, ``final_div_factor=400``.
     """
-    peak = config.learning_rate
-    warm = max(1, int(config.pct_start * total_steps))
-    if step < warm:
-        t = step / warm
-        lo, hi = peak / 25.0, peak
-    else:
-        t = (step - warm) / max(1, total_steps - warm)
-        lo, hi = peak, peak / 1e4
-    return float(hi + (lo - hi) * 0.5 * (1.0 + np.cos(np.pi * t)))
+    return float(_schedule(int(total_steps), float(config.learning_rate),
+                           float(config.pct_start))(int(step)))
 
 
-def loss_fn(logits: jax.Array, labels: jax.Array, weights: jax.Array, loss: str) -> jax.Array:
-    """Weighted mean loss over a batch.
+@functools.lru_cache(maxsize=64)
+def _schedule(total_steps: int, peak: float, pct_start: float):
+    warm = max(1, int(pct_start * total_steps))       # at least one warm-up step
+    total = max(total_steps, warm + 1)
+    pct = warm / total
+    if int(pct * total) != warm:                       # optax peaks at int(pct · total)
+        pct = (warm + 0.5) / total
+    return optax.cosine_onecycle_schedule(transition_steps=total, peak_value=peak,
+                                          pct_start=pct, div_factor=25.0,
+                                          final_div_factor=400.0)
 
-    Args:
-      logits: ``(B, C)`` network outputs.
-      labels: ``(B,)`` int32.
-      weights: ``(B,)`` 1 for real examples, 0 for padding.
-      loss: ``"mse"``: ½‖onehot(y) − f(x)‖₂² per example; ``"ce"``: softmax CE.
+
+def per_example_loss(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
+    """Loss of each example, ``(B, C), (B,) -> (B,)``.
+
+    ``"mse"``: ½‖onehot(y) − f(x)‖₂² (the paper's squared loss); ``"ce"``: softmax
+    cross-entropy.
     """
     onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     if loss == "mse":
-        per_example = 0.5 * jnp.sum((onehot - logits) ** 2, axis=-1)
-    else:
-        per_example = optax.softmax_cross_entropy(logits, onehot)
+        return 0.5 * jnp.sum((onehot - logits) ** 2, axis=-1)
+    return optax.softmax_cross_entropy(logits, onehot)
+
+
+def loss_fn(logits: jax.Array, labels: jax.Array, weights: jax.Array, loss: str) -> jax.Array:
+    """Weighted mean of :func:`per_example_loss` over a batch.
+
+    Args:
+      logits: ``(B, C)`` network outputs; labels: ``(B,)`` int32.
+      weights: ``(B,)`` 1 for real examples, 0 for padding.
+      loss: ``"mse"`` or ``"ce"``.
+    """
+    per_example = per_example_loss(logits, labels, loss)
     return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("loss",))
+AuxLoss = Callable[..., jax.Array]
+"""``aux_loss(params, aux, per_example_loss, weights, progress) -> ()``: an extra training
+term (LL4AL's ranking loss). ``aux`` is the dict the model's training forward returned,
+``progress`` the fraction of this cycle's epochs already done (a traced scalar)."""
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "aux_loss"))
 def train_step(state: TrainState, x: jax.Array, y: jax.Array, w: jax.Array,
-               lr: jax.Array, key: jax.Array, *, loss: str) -> tuple[TrainState, jax.Array]:
+               lr: jax.Array, key: jax.Array, progress: jax.Array = 0.0, *, loss: str,
+               aux_loss: Optional[AuxLoss] = None) -> tuple[TrainState, jax.Array]:
     """One SGD step on a fixed-shape batch.
 
     Args:
       state: current state.
-      x: ``(B, H, W, C)`` inputs; y: ``(B,)`` labels; w: ``(B,)`` loss weights.
+      x: ``(B, ...)`` inputs; y: ``(B,)`` labels; w: ``(B,)`` loss weights.
       lr: ``()`` learning rate for this step.
-      key: PRNG key of this step (dropout masks, for models with ``dropout_rate > 0``).
+      key: PRNG key of this step (dropout masks).
+      progress: ``()`` fraction of the cycle's epochs done (for ``aux_loss``).
       loss: ``"mse"`` or ``"ce"`` (static).
+      aux_loss: optional extra term (static; see :data:`AuxLoss`).
 
     Returns:
-      ``(new_state, batch_loss)``.
+      ``(new_state, (target loss, total loss))``: the weighted mean loss on the labels
+      and the objective that was minimised.
     """
-    has_bn = bool(state.batch_stats)
-    rngs = {"dropout": key}
 
     def objective(params):
-        variables = {"params": params}
-        if has_bn:
-            variables["batch_stats"] = state.batch_stats
-            logits, updates = state.model.apply(variables, x, train=True, rngs=rngs,
-                                                mutable=["batch_stats"])
-            new_stats = updates["batch_stats"]
-        else:
-            logits = state.model.apply(variables, x, train=True, rngs=rngs)
-            new_stats = state.batch_stats
-        return loss_fn(logits, y, w, loss), new_stats
+        logits, new_state, aux = state.model.forward_train(params, state.model_state, x, key)
+        per_example = per_example_loss(logits, y, loss)
+        target = jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), 1.0)
+        total = target
+        if aux_loss is not None:
+            total = total + aux_loss(params, aux, per_example, w, progress)
+        return total, (new_state, target)
 
-    (value, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (total, (new_state, target)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
-    return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                         opt_state=opt_state), value
+    return state.replace(step=state.step + 1, params=params, model_state=new_state,
+                         opt_state=opt_state), (target, total)
 
 
-def _epoch_batches(rng: np.random.Generator, n: int, batch_size: int):
+def epoch_batches(gen: np.random.Generator, n: int, batch_size: int):
     """Shuffled index batches covering ``n`` examples; the last one is padded.
 
     Yields ``(indices (B,), weights (B,))``; padding repeats other examples with weight 0.
     """
-    order = rng.permutation(n)
+    order = gen.permutation(n)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         w = np.ones(batch_size, np.float32)
         if idx.size < batch_size:
-            fill = rng.choice(n, batch_size - idx.size, replace=n < batch_size - idx.size)
+            fill = gen.choice(n, batch_size - idx.size, replace=n < batch_size - idx.size)
             w[idx.size:] = 0.0
             idx = np.concatenate([idx, fill])
         yield idx, w
 
 
 def fit(state: TrainState, x: np.ndarray, y: np.ndarray, config: TrainConfig, *,
-        seed: int, progress: Optional[Callable[[int, float], None]] = None
+        key: jax.Array, aux_loss: Optional[AuxLoss] = None,
+        progress: Optional[Callable[[int, float], None]] = None
         ) -> tuple[TrainState, float]:
     """Trains for ``config.epochs`` epochs on ``(x, y)`` with the one-cycle schedule.
 
     Args:
       state: starting state (its optimizer state is used as given).
-      x: ``(n, H, W, C)`` float32 labeled inputs; y: ``(n,)`` int32 labels.
+      x: ``(n, ...)`` float32 labeled inputs; y: ``(n,)`` int labels in ``[0, C)``.
       config: the training settings.
-      seed: seeds the shuffling (host-side NumPy generator) and the dropout masks.
+      key: this training's PRNG key: the batch shuffles use a NumPy generator seeded from
+        it (:func:`lookahead_jax.rng.numpy_rng`), dropout masks ``fold_in(key, step)``.
+      aux_loss: an extra objective term (strategy hook, e.g. LL4AL).
       progress: optional ``progress(epoch, mean_loss)`` callback.
 
     Returns:
-      ``(state, mean loss of the last epoch)``.
+      ``(state, mean target loss of the last epoch)``.
+
+    Raises:
+      FloatingPointError: the objective became non-finite (diverged).
     """
     n = int(x.shape[0])
     if n == 0:
         raise ValueError("cannot train on an empty labeled set")
-    rng = np.random.default_rng(seed)
+    gen = rng.numpy_rng(key)
     steps_per_epoch = -(-n // config.batch_size)
     total = steps_per_epoch * config.epochs
     x_dev, y_dev = jnp.asarray(x), jnp.asarray(y, jnp.int32)
-    dropout_key = jax.random.key(seed)
+    dropout_key = jax.random.fold_in(key, 1)
     step, last = 0, float("nan")
     for epoch in range(config.epochs):
-        losses = []
-        for idx, w in _epoch_batches(rng, n, config.batch_size):
+        targets, totals = [], []
+        frac = jnp.float32(epoch / config.epochs)
+        for idx, w in epoch_batches(gen, n, config.batch_size):
             lr = jnp.float32(one_cycle_lr(step, total, config))
-            state, value = train_step(state, x_dev[idx], y_dev[idx], jnp.asarray(w), lr,
-                                      jax.random.fold_in(dropout_key, step), loss=config.loss)
-            losses.append(value)
+            state, (target, objective) = train_step(
+                state, x_dev[idx], y_dev[idx], jnp.asarray(w), lr,
+                jax.random.fold_in(dropout_key, step), frac, loss=config.loss,
+                aux_loss=aux_loss)
+            targets.append(target)
+            totals.append(objective)
             step += 1
-        last = float(jnp.mean(jnp.stack(losses)))
-        if not np.isfinite(last):
+        last = float(jnp.mean(jnp.stack(targets)))
+        objective = float(jnp.mean(jnp.stack(totals)))
+        if not (np.isfinite(last) and np.isfinite(objective)):
             raise FloatingPointError(
-                f"training diverged at epoch {epoch}: loss {last}; lower train.learning_rate "
-                f"(now {config.learning_rate})")
+                f"training diverged at epoch {epoch}: loss {last}"
+                + (f", objective {objective}" if aux_loss is not None else "")
+                + f"; lower train.learning_rate (now {config.learning_rate})")
         if progress is not None:
             progress(epoch, last)
     return state, last
 
 
-def predict(model: nn.Module, variables: dict, x: np.ndarray, batch_size: int = 1000
-            ) -> np.ndarray:
-    """Evaluation-mode logits ``(n, C)`` in fixed-size (padded) batches."""
-    from lookahead_jax.acquisition import predict_in_chunks  # avoid an import cycle
-
-    f = models.bind_eval(model, variables)
-    return np.asarray(predict_in_chunks(f, variables["params"], jnp.asarray(x), batch_size))
+def predict(model: Model, variables: Variables, x, batch_size: int = 1000) -> jax.Array:
+    """Evaluation-mode logits ``(n, C)`` in fixed-size (padded) batches, on device."""
+    return apply_in_chunks(model.bind(variables.state), variables.params, x, batch_size)
 
 
-def accuracy(model: nn.Module, variables: dict, x: np.ndarray, y: np.ndarray,
-             batch_size: int = 1000) -> float:
+def accuracy(model: Model, variables: Variables, x, y, batch_size: int = 1000) -> float:
     """Top-1 accuracy of the evaluation-mode network on ``(x, y)``."""
-    logits = predict(model, variables, x, batch_size)
-    return float(np.mean(np.argmax(logits, -1) == np.asarray(y)))
+    logits = predict(model, Variables(*variables), x, batch_size)
+    return float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(y)))

@@ -197,13 +197,18 @@ def test_validate_catches_empty_split():
 
 
 def test_validate_catches_image_shape_mismatch():
-    with pytest.raises(ValueError, match=r"x_train images are \(4, 4, 2\) but x_test"):
+    with pytest.raises(ValueError, match=r"x_train examples are \(4, 4, 2\) but x_test"):
         data.validate_dataset(make_dataset(x_test=np.zeros((3, 5, 5, 2), np.float32)))
 
 
 def test_validate_catches_wrong_rank_and_label_dtype():
-    with pytest.raises(ValueError, match="x_train must be 4-D"):
-        data.validate_dataset(make_dataset(x_train=np.zeros((6, 32), np.float32)))
+    with pytest.raises(ValueError, match="x_train must have an example axis"):
+        data.validate_dataset(make_dataset(x_train=np.zeros((6,), np.float32)))
+    with pytest.raises(ValueError, match="x_train must hold floats .* uint8"):
+        data.validate_dataset(make_dataset(x_train=np.zeros((6, 4, 4, 2), np.uint8)))
+    tabular = make_dataset(x_train=np.zeros((6, 32), np.float32),
+                           x_test=np.zeros((3, 32), np.float32))
+    data.validate_dataset(tabular)          # (n, d) inputs are fine
     with pytest.raises(ValueError, match="y_test must hold integers"):
         data.validate_dataset(make_dataset(y_test=np.array([0.0, 1.0, 2.0])))
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from lookahead_jax import lookahead as la
-from lookahead_jax.acquisition import AcquisitionContext, get_strategy, is_sequential
+from lookahead_jax import models, strategies
+from lookahead_jax.strategies import AcquisitionContext, get_strategy, ntk_lookahead
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,7 +124,7 @@ def test_eq12_equals_augmented_solve(full, resid, jitter, E):
         fast = np.asarray(la.lookahead_outputs(spec, st))[:12]
         labels = np.argmax(p["f_u"], -1)
         ref = direct_lookahead(p, lam_of(p, jitter), labels, full)
-        np.testing.assert_allclose(info["lambda"], lam_of(p, jitter))
+        np.testing.assert_allclose(float(st.lam), lam_of(p, jitter), rtol=1e-15)
         assert np.max(np.abs(fast - ref)) / np.max(np.abs(ref)) < 1e-8
 
 
@@ -280,16 +281,49 @@ def test_sequential_step0_equals_batch_and_later_steps_rescore():
             np.testing.assert_allclose(s[j], ref, rtol=1e-8)
 
 
+def _pad_labeled_side(kw, capacity):
+    """The labeled side padded to ``capacity`` with junk rows, as the strategies pass it."""
+    L = kw["k_ll"].shape[0]
+    junk = np.random.RandomState(9)
+
+    def pad(a, axes):
+        shape = list(a.shape)
+        for ax in axes:
+            shape[ax] = capacity
+        out = junk.randn(*shape).astype(a.dtype) if a.dtype.kind == "f" else \
+            junk.randint(0, 3, shape).astype(a.dtype)
+        out[tuple(slice(0, n) for n in a.shape)] = a
+        return out
+
+    return dict(kw, k_ll=pad(kw["k_ll"], (0, 1)), k_ul=pad(kw["k_ul"], (1,)),
+                y_l=pad(kw["y_l"], (0,)), f_l=pad(kw["f_l"], (0,)), num_labeled=L)
+
+
+def test_labeled_side_padded_with_junk_gives_the_same_system():
+    p = random_problem(3, L=10, U=16, P=60)
+    kw = system_kwargs(p)
+    for seq in (False, True):
+        st, spec, _ = la.build_system(**kw, capacity=30, chunk_size=8, sequential=seq)
+        sp, spec_p, _ = la.build_system(**_pad_labeled_side(kw, 30), chunk_size=8,
+                                        sequential=seq)
+        for name in ("chol", "lin_u", "schur", "resid", "lam"):
+            np.testing.assert_array_equal(np.asarray(getattr(sp, name)),
+                                          np.asarray(getattr(st, name)))
+        s1, _ = la.score_candidates("mlmoc", spec, st)
+        s2, _ = la.score_candidates("mlmoc", spec_p, sp)
+        np.testing.assert_array_equal(np.asarray(s2), np.asarray(s1))
+
+
 def test_no_recompilation_across_cycles_and_steps():
-    fns = [la._factor, la._batch_scores, la._sequential_scores, la._step_vectors,
+    fns = [la._build, la._batch_scores, la._sequential_scores, la._step_vectors,
            la._apply_step]
 
     def cycle(seed, L, sequential):
         p = random_problem(seed, L=L, U=16, P=60)
         p = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float64
                  else v) for k, v in p.items()}
-        st, spec, _ = la.build_system(**system_kwargs(p), capacity=30, chunk_size=8,
-                                      sequential=sequential)
+        st, spec, _ = la.build_system(**_pad_labeled_side(system_kwargs(p), 30),
+                                      chunk_size=8, sequential=sequential)
         if not sequential:
             return la.score_candidates("mlmoc", spec, st)
         for t, j in enumerate([1, 5, 9]):
@@ -378,17 +412,22 @@ def test_theorem_3_1_linearised_retraining_matches_with_width():
 
 
 def _context(seed=0, L=10, U=24, C=3, label_fn=None, **options):
-    from lookahead_jax import models
-    model = models.create_model("mlp", C, widths=(32,))
-    variables = models.init_variables(model, jax.random.PRNGKey(seed), (4, 4, 1))
+    model = models.get_model("mlp", C, widths=(32,))
+    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 4, 4, 1)))
     rng = np.random.RandomState(seed)
     x = rng.randn(L + U, 4, 4, 1).astype(np.float32)
     return AcquisitionContext(
-        apply_fn=models.bind_eval(model, variables), params=variables["params"],
+        model=model, params=variables.params, state=variables.state,
         x_labeled=jnp.asarray(x[:L]), y_labeled=jnp.asarray(rng.randint(0, C, L)),
         x_candidates=jnp.asarray(x[L:]), num_classes=C, query_size=4,
         key=jax.random.PRNGKey(1), label_fn=label_fn, labeled_capacity=L + 8,
         options=options)
+
+
+def _kernels(ctx, output, **options):
+    opts = get_strategy("mlmoc").parse_options({**(ctx.options or {}), **options,
+                                                "kernel": output})
+    return ntk_lookahead.kernels(ctx, opts, jnp.asarray(ctx.x_labeled), False)[0]
 
 
 @pytest.mark.parametrize("name,kernel", [(k, "first_logit") for k in la.KINDS] + [
@@ -396,7 +435,7 @@ def _context(seed=0, L=10, U=24, C=3, label_fn=None, **options):
 def test_strategy_end_to_end(name, kernel):
     ctx = _context(kernel=kernel, chunk_size=8)
     sel = get_strategy(name)(ctx)
-    assert is_sequential(name)
+    assert get_strategy(name).sequential
     assert len(set(sel.indices.tolist())) == 4 and np.all((0 <= sel.indices) & (sel.indices < 24))
     assert sel.scores.shape == (24,) and np.all(np.isfinite(sel.scores))
     assert "jitter" in sel.info and "clamped" in sel.info
@@ -410,13 +449,13 @@ def test_strategy_matches_bruteforce_kernels_and_eval_set_and_streaming():
     base = get_strategy("mlmoc")(ctx)
     ll, ul, uu = bruteforce_kernel_set(ctx.apply_fn, ctx.params, ctx.x_labeled,
                                            ctx.x_candidates, "first_logit")
-    np.testing.assert_allclose(np.asarray(la._kernels(ctx, "first_logit", None, False)[0]
-                                          ["k_uu"]), np.asarray(uu), rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(_kernels(ctx, "first_logit")["k_uu"]),
+                               np.asarray(uu), rtol=2e-4, atol=1e-5)
     # Θ(U, U) from upper tiles + mirroring (tile 5 of 24: ragged tiles), scalar and full.
     for out in ("first_logit", "full"):
         ref = bruteforce_kernel_set(ctx.apply_fn, ctx.params, ctx.x_labeled,
                                         ctx.x_candidates, out)[2]
-        tiled = la._kernels(_context(chunk_size=8, gram_tile=5), out, None, False)[0]["k_uu"]
+        tiled = _kernels(_context(chunk_size=8, gram_tile=5), out)["k_uu"]
         np.testing.assert_allclose(tiled, np.asarray(ref), rtol=2e-4, atol=1e-5)
     stream = get_strategy("mlmoc")(_context(chunk_size=8, streaming=True))
     np.testing.assert_allclose(stream.scores, base.scores, rtol=1e-4)
@@ -457,7 +496,7 @@ def test_benchmark_quick(tmp_path):
 
 def test_without_block_equals_block_scores():
     """The paper's "NTK w/o Block" path (every augmented system solved) scores the same."""
-    from test_acquisition import make_context
+    from test_strategies import make_context
 
     with jax.enable_x64(True):
         ctx = make_context(num_candidates=25)

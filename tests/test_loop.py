@@ -152,9 +152,11 @@ def test_cli_end_to_end_on_digits(tmp_path):
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--dataset=imagenet", "unknown dataset or config 'imagenet'"),
+    ("--dataset=imagenet", "unknown dataset 'imagenet'; known datasets: digits"),
     ("--strategy=bogus", "unknown strategy 'bogus'"),
     ("--query_size=-1", "query_size must be positive"),
+    ("--strategy=random,random", "strategy 'random' is given twice"),
+    ("--config.strategy_options.jiter=1e-4", "no strategy of random, mlmoc has an option"),
 ])
 def test_cli_bad_input_is_one_clear_line(flag, message, tmp_path):
     out = _cli(flag, f"--workdir={tmp_path}")
@@ -169,3 +171,63 @@ def test_cli_diverged_training_is_a_clear_error_that_keeps_the_records(tmp_path)
     assert out.returncode == 1, out.stderr[-3000:]
     assert "training diverged" in out.stderr and "Traceback" not in out.stderr
     assert str(tmp_path) in out.stderr and (tmp_path / "random" / "config.json").exists()
+
+
+def test_config_file_overrides_and_a_misspelled_option(tmp_path, monkeypatch):
+    """The issue's two commands: a typo in a strategy option is refused before training."""
+    ok = _cli("--config=experiments/configs/default.py",
+              "--config.strategy_options.jitter=1e-4", "--strategy=mlmoc", "--cycles=2",
+              "--epochs=2", "--initial_size=20", "--subset_size=80", f"--workdir={tmp_path}")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    cfg = records.read_json(str(tmp_path / "mlmoc" / "config.json"))
+    assert cfg["strategy_options"] == {"jitter": 1e-4}
+    bad = _cli("--config=experiments/configs/default.py",
+               "--config.strategy_options.jiter=1e-4", "--strategy=mlmoc", "--cycles=2",
+               f"--workdir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert ("error: strategy 'mlmoc' has no option 'jiter' (did you mean 'jitter'?); its "
+            "options: u_floor, chunk_size, jitter, kernel") in bad.stderr
+    assert not (tmp_path / "bad").exists()          # refused before anything was written
+
+
+def _resolved(*argv):
+    out = _cli(*argv, "--print_config")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_cli_config_rules():
+    """Short flags alias config fields; a dataset's preset; --model resets its options."""
+    c = _resolved("--momentum=0.5", "--config.train.weight_decay=0.0", "--cycles=3")
+    assert (c["train"]["momentum"], c["train"]["weight_decay"], c["cycles"]) == (0.5, 0.0, 3)
+    c = _resolved("--dataset=mnist", "--config.train.epochs=7")
+    assert (c["model"], c["initial_size"], c["train"]["epochs"]) == ("wide_resnet", 100, 7)
+    c = _resolved("--dataset=mnist", "--model=mlp")
+    assert c["model"] == "mlp" and c["model_kwargs"] == {}
+    c = _resolved("--dataset=mnist", "--model=mlp", "--config.model_kwargs.widths=(64,)")
+    assert c["model_kwargs"] == {"widths": [64]}
+    c = _resolved("--config=experiments/configs/mnist_mlp.py", "--dataset=fashion_mnist")
+    assert (c["dataset"], c["model"]) == ("fashion_mnist", "mlp")    # --config given: kept
+
+
+def test_short_flags_are_derived_from_the_config_dataclasses():
+    from absl import flags
+
+    from lookahead_jax import cli
+
+    assert set(cli.SHORT_FLAGS) >= {"dataset", "strategy", "model", "cycles", "seed",
+                                    "epochs", "learning_rate", "momentum", "weight_decay",
+                                    "batch_size", "loss", "sequential", "manual_dir"}
+    assert cli.SHORT_FLAGS["momentum"] == "train.momentum"
+    assert "one-cycle" in flags.FLAGS["learning_rate"].help
+
+
+def test_every_config_file_builds_a_valid_run():
+    from lookahead_jax import configs
+
+    for name in configs.PRESETS:
+        cfg = configs.load(name).to_dict()
+        for s in str(cfg.pop("strategy")).split(","):
+            loop.validate_config(loop.LoopConfig.from_dict({**cfg, "strategy": s}))
+        doc = __import__(f"lookahead_jax.configs.{name}", fromlist=["x"]).__doc__
+        assert "python -m experiments.main" in doc, name

@@ -1,9 +1,11 @@
+"""The built-in networks and the Model interface they share with users' models."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lookahead_jax import models
+from lookahead_jax import models, ntk
 
 SMALL = {
     "mlp": ({"widths": (16, 8)}, (6, 6, 1)),
@@ -13,39 +15,51 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
-def test_shapes_embedding_and_collections(name):
+def _built(name, num_classes=7):
     kwargs, shape = SMALL[name]
-    model = models.create_model(name, 7, **kwargs)
-    variables = models.init_variables(model, jax.random.key(0), shape)
+    model = models.get_model(name, num_classes, **kwargs)
+    return model, model.init(jax.random.key(0), jnp.zeros((1, *shape))), shape
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_piece_of_the_built_in_networks(name):
+    model, v, shape = _built(name)
     x = jax.random.normal(jax.random.key(1), (5, *shape))
-    f = models.bind_eval(model, variables)
-    logits = f(variables["params"], x)
+    logits = model.apply(v.params, v.state, x)
     assert logits.shape == (5, 7)
-    emb = f.embed(variables["params"], x)
-    assert emb.ndim == 2 and emb.shape[0] == 5
-    has_bn = name in ("wide_resnet", "resnet18")
-    assert ("batch_stats" in variables) == has_bn
-    # evaluation mode is a pure function of (params, x): per-example, batch-independent
-    np.testing.assert_allclose(f(variables["params"], x[:2]), logits[:2], rtol=1e-5, atol=1e-5)
+    emb = model.embed(v.params, v.state, x)
+    w, b = model.readout(v.params)
+    # the readout applied to the embedding IS the network's output
+    np.testing.assert_allclose(emb @ w + b, logits, rtol=1e-5, atol=1e-5)
+    feats = model.block_features(v.params, v.state, x)
+    assert len(feats) >= 1 and all(f.shape[0] == 5 and f.ndim == 2 for f in feats)
+    assert bool(v.state) == (name in ("wide_resnet", "resnet18"))
+    # evaluation mode is per-example: a sub-batch gives the same rows
+    np.testing.assert_allclose(model.apply(v.params, v.state, x[:2]), logits[:2], rtol=1e-5,
+                               atol=1e-5)
 
 
-def test_batchnorm_stats_are_inputs_not_params():
-    model = models.create_model("resnet18", 3, base_width=4)
-    v = models.init_variables(model, jax.random.key(0), (8, 8, 3))
-    f = models.bind_eval(model, v)
-    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
-    # train mode updates running statistics; eval mode uses them
-    _, upd = model.apply(v, x, train=True, mutable=["batch_stats"])
-    f2 = models.bind_eval(model, {"params": v["params"], **upd})
-    assert not np.allclose(f(v["params"], x), f2(v["params"], x))
-    grads = jax.grad(lambda p: f(p, x).sum())(v["params"])
-    assert jax.tree.structure(grads) == jax.tree.structure(v["params"])
+def test_batchnorm_statistics_are_inputs_not_parameters():
+    model, v, shape = _built("resnet18", 3)
+    x = jax.random.normal(jax.random.key(1), (4, *shape))
+    _, new_state, _ = model.train_apply(v.params, v.state, x, jax.random.key(2))
+    assert not np.allclose(model.apply(v.params, v.state, x),
+                           model.apply(v.params, new_state, x))
+    # The NTK is taken over the params alone: it equals the brute-force contraction of
+    # the Jacobian w.r.t. params with the statistics held fixed (differentiating the
+    # statistics too, as the authors' code did, gives a different kernel).
+    f = model.bind(new_state)
+    k = ntk.empirical_ntk_fn(f, output="first_logit", implementation="jacobian")(v.params, x)
+    jac = jax.jacrev(lambda p: f(p, x)[:, 0])(v.params)
+    rows = jnp.concatenate([j.reshape(4, -1) for j in jax.tree.leaves(jac)], axis=1)
+    np.testing.assert_allclose(k, rows @ rows.T, rtol=2e-5, atol=1e-6)
+    stats_jac = jax.jacrev(lambda s: model.apply(v.params, s, x)[:, 0])(new_state)
+    extra = jnp.concatenate([j.reshape(4, -1) for j in jax.tree.leaves(stats_jac)], axis=1)
+    assert float(jnp.abs(extra @ extra.T).max()) > 1e-3 * float(jnp.abs(k).max())
 
 
 def test_bound_model_passes_through_jit_without_retrace():
-    model = models.create_model("resnet18", 3, base_width=4)
-    v = models.init_variables(model, jax.random.key(0), (8, 8, 3))
+    model, v, shape = _built("resnet18", 3)
     traces = []
 
     @jax.jit
@@ -53,31 +67,51 @@ def test_bound_model_passes_through_jit_without_retrace():
         traces.append(1)
         return f(p, x)
 
-    x = jnp.ones((2, 8, 8, 3))
-    call(models.bind_eval(model, v), v["params"], x)
-    v2 = jax.tree.map(lambda a: a + 1.0, v)
-    call(models.bind_eval(models.create_model("resnet18", 3, base_width=4), v2), v2["params"], x)
+    x = jnp.ones((2, *shape))
+    call(model.bind(v.state), v.params, x)
+    call(model.bind(jax.tree.map(lambda a: a + 1.0, v.state)), v.params, x)
     assert len(traces) == 1
 
 
 def test_wide_resnet_widths_follow_the_paper_convention():
-    model = models.create_model("wide_resnet", 10, num_groups=1, widen_factor=40)
-    v = models.init_variables(model, jax.random.key(0), (8, 8, 1))
-    assert v["params"]["group0_block0"]["conv1"]["kernel"].shape[-1] == 640
+    model = models.get_model("wide_resnet", 10, num_groups=1, widen_factor=40)
+    v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    assert v.params["group0_block0"]["conv1"]["kernel"].shape[-1] == 640
 
 
-def test_dropout_only_with_flag():
-    model = models.create_model("mlp", 3, widths=(32,), dropout_rate=0.5)
-    v = models.init_variables(model, jax.random.key(0), (4, 4, 1))
+def test_dropout_only_in_training_and_mc_modes():
+    model = models.get_model("mlp", 3, widths=(32,), dropout_rate=0.5)
+    v = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
     x = jnp.ones((3, 4, 4, 1))
-    a = model.apply(v, x)
-    np.testing.assert_array_equal(a, model.apply(v, x))
-    b = model.apply(v, x, mc_dropout=True, rngs={"dropout": jax.random.key(2)})
-    assert not np.allclose(a, b)
+    a = model.apply(v.params, v.state, x)
+    np.testing.assert_array_equal(a, model.apply(v.params, v.state, x))
+    b = model.mc_apply(v.params, v.state, x, jax.random.key(2))
+    c, _, _ = model.train_apply(v.params, v.state, x, jax.random.key(2))
+    assert not np.allclose(a, b) and not np.allclose(a, c)
+    assert model.meta == {"dropout_rate": 0.5, "mlp_widths": (32, 3)}
+    assert models.get_model("mlp", 3, widths=(32,)).mc_apply is None
 
 
 def test_unknown_model_and_option():
     with pytest.raises(ValueError, match="known models: cnn, mlp, resnet18, wide_resnet"):
-        models.create_model("vgg", 10)
+        models.get_model("vgg", 10)
     with pytest.raises(ValueError, match="no option"):
-        models.create_model("mlp", 10, depth=3)
+        models.get_model("mlp", 10, depth=3)
+
+
+def test_require_names_the_missing_piece():
+    model = models.from_function(lambda p, x: x.reshape(x.shape[0], -1) @ p,
+                                 params=jnp.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"strategy 'x' needs the model's `embed\(params"):
+        models.require(model, "embed", "strategy 'x'")
+
+
+def test_apply_in_chunks_equals_one_call():
+    model, v, shape = _built("mlp", 3)
+    x = jax.random.normal(jax.random.key(1), (11, *shape))
+    f = model.bind(v.state)
+    np.testing.assert_allclose(models.apply_in_chunks(f, v.params, x, 4), f(v.params, x),
+                               rtol=1e-6)
+    plain = lambda p, xs: model.apply(p, v.state, xs)  # noqa: E731
+    np.testing.assert_allclose(models.apply_in_chunks(plain, v.params, x, 4), f(v.params, x),
+                               rtol=1e-6)

@@ -69,7 +69,8 @@ config = loop.LoopConfig(
     train=train.TrainConfig(epochs=5 if SMOKE else 30, batch_size=32, learning_rate=0.05))
 workdir = tempfile.mkdtemp(prefix="quickstart_")
 results = loop.run_strategies(config, ["random", "mlmoc"], workdir, dataset=ds)
-print(loop.summary_table({s: r.metrics for s, r in results.items()}))
+for name, r in results.items():
+    print(f"{name:>7}:", " ".join(f"{100 * m['test_accuracy']:.1f}%" for m in r.metrics))
 '''),
         md("Test accuracy against the number of labels, read from each run's `metrics.jsonl`:"),
         code('''
@@ -152,10 +153,10 @@ def gd(f, params, x, y, lr, steps):
         code("""
 results = {}
 for width in WIDTHS:
-    model = models.create_model("mlp", 10, widths=(width,))
-    v = models.init_variables(model, jax.random.key(0), ds.input_shape)
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v["params"])
-    f = models.bind_eval(model, v)
+    model = models.get_model("mlp", 10, widths=(width,))
+    v = model.init(jax.random.key(0), ds.x_train[:1])
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v.params)
+    f = model.bind(v.state)                                  # f(params, x), evaluation mode
     kernel = ntk.empirical_ntk_fn(f, output="full")            # (n1, n2, C, C)
     lr = n_l / float(jnp.linalg.eigvalsh(
         kernel(params, x_l).transpose(0, 2, 1, 3).reshape(n_l * 10, -1))[-1])
@@ -213,10 +214,10 @@ that the paper uses and the full kernel.
 """),
         code("""
 width = WIDTHS[-1]
-model = models.create_model("mlp", 10, widths=(width,))
-v = models.init_variables(model, jax.random.key(0), ds.input_shape)
-f = models.bind_eval(model, v)
-params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v["params"])
+model = models.get_model("mlp", 10, widths=(width,))
+v = model.init(jax.random.key(0), ds.x_train[:1])
+f = model.bind(v.state)
+params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v.params)
 params_l, _ = gd(f, params, x_l, y_l, lr, STEPS)
 k = ntk.kernel_set(f, params_l, x_l, x_c, output="full")
 k_el = ntk.empirical_ntk_fn(f, output="full")(params_l, x_e, x_l)
@@ -262,12 +263,12 @@ x_e, y_e = ds.x_test, ds.y_test
 """),
         md("Train f_L with SGD on the first labels, then compute every kernel this cycle needs, once."),
         code("""
-model = models.create_model("mlp", 10, widths=(512, 512))
-v = models.init_variables(model, jax.random.key(0), ds.input_shape)
+model = models.get_model("mlp", 10, widths=(512, 512))
+v = model.init(jax.random.key(0), ds.x_train[:1])
 cfg = train.TrainConfig(epochs=10 if SMOKE else 50, batch_size=16, learning_rate=0.05)
 state_l, _ = train.fit(train.create_train_state(model, v, cfg), ds.x_train[lab],
-                       ds.y_train[lab], cfg, seed=0)
-f, params = models.bind_eval(model, state_l.variables), state_l.params
+                       ds.y_train[lab], cfg, key=jax.random.key(0))
+f, params = model.bind(state_l.model_state), state_l.params
 print("network test accuracy with", n_l, "labels:",
       train.accuracy(model, state_l.variables, x_e, y_e))
 
@@ -326,7 +327,7 @@ for t in range(steps):
     st = lookahead.add_labeled(spec, st, np.int32(j), np.int32(ds.y_train[cand[j]]))
 idx = np.concatenate([lab, cand[picked]])
 state_new, _ = train.fit(train.create_train_state(model, state_l.variables, cfg),
-                         ds.x_train[idx], ds.y_train[idx], cfg, seed=1)
+                         ds.x_train[idx], ds.y_train[idx], cfg, key=jax.random.key(1))
 print("linearised model after sequential labels:", accuracy(st))
 print("network retrained with SGD on the same labels:",
       train.accuracy(model, state_new.variables, x_e, y_e))

@@ -8,7 +8,7 @@ Needs the tfds `svhn_cropped` dataset (downloads ~1.5 GB on a machine with inter
 Meant for a GPU; on CPU each cycle takes hours.
 """
 
-from experiments.configs import default
+from lookahead_jax.configs import default
 
 
 def get_config():

@@ -6,7 +6,7 @@
 Meant for a GPU.
 """
 
-from experiments.configs import svhn
+from lookahead_jax.configs import svhn
 
 
 def get_config():

@@ -6,7 +6,7 @@ of 6000, squared loss, ResNet18 with the CIFAR stem.
 Meant for a GPU.
 """
 
-from experiments.configs import cifar10
+from lookahead_jax.configs import cifar10
 
 
 def get_config():

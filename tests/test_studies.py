@@ -6,18 +6,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookahead_jax import records, study
+from experiments import claims, report, studies
+from lookahead_jax import records
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_mean_ci_matches_hand_t_interval():
     v = np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])
-    mean, ci = study.mean_ci(v)
+    mean, ci = studies.mean_ci(v)
     np.testing.assert_allclose(mean, [3.0, 2.0])
     # t_{0.975, 2} = 4.302652729749464 (tables); sd = 2, n = 3
     np.testing.assert_allclose(ci, [4.302652729749464 * 2 / np.sqrt(3), 0.0], rtol=1e-12)
-    m1, c1 = study.mean_ci(v[:1])
+    m1, c1 = studies.mean_ci(v[:1])
     assert np.all(np.isnan(c1)) and np.allclose(m1, [1.0, 2.0])
 
 
@@ -28,8 +29,8 @@ def _fake_study(root, accs):
     seeds = sorted({s for v in accs.values() for s in v})
     records.atomic_write_json(os.path.join(root, "study.json"), {
         "figure": "fig2", "title": "t", "claim": "c", "commands": ["cmd"], "seeds": seeds,
-        "arms": arms, "machine": study.machine_info(), "run_seconds": {"x": 60.0},
-        "base_config": study.smoke_config().to_dict()})
+        "arms": arms, "machine": studies.machine_info(), "run_seconds": {"x": 60.0},
+        "base_config": studies.smoke_config().to_dict()})
     for a, per_seed in accs.items():
         for s, vals in per_seed.items():
             d = os.path.join(root, a, f"seed{s}")
@@ -43,19 +44,17 @@ def _fake_study(root, accs):
 def test_summarize_pairs_seeds_with_the_baseline(tmp_path):
     _fake_study(str(tmp_path), {"random": {0: [0.5, 0.6], 1: [0.4, 0.7], 2: [0.5, 0.5]},
                                 "mlmoc": {0: [0.5, 0.7], 1: [0.4, 0.9]}})
-    s = study.summarize(study.load_study(str(tmp_path)))
+    s = studies.summarize(studies.load_study(str(tmp_path)))
     assert s["mlmoc"]["seeds"] == [0, 1]  # seed 2 of mlmoc never finished
     np.testing.assert_allclose(s["mlmoc"]["diff_mean"], [0.0, 0.15])
     np.testing.assert_allclose(s["random"]["accuracy_mean"], [0.4666666667, 0.6])
-    md = study.study_markdown(study.load_study(str(tmp_path)), "x.png")
+    md = report.study_markdown(studies.load_study(str(tmp_path)), "x.png")
     assert "| 15 | 60.00 ± " in md and "(Δ +15.00 ± " in md
-    png = study.plot_study(study.load_study(str(tmp_path)), str(tmp_path / "p.png"))
+    png = report.plot_study(studies.load_study(str(tmp_path)), str(tmp_path / "p.png"))
     assert os.path.getsize(png) > 1000
 
 
 def test_report_builds_results_page(tmp_path):
-    from experiments import report
-
     _fake_study(str(tmp_path / "studies" / "fig2_digits"),
                 {"random": {0: [0.5, 0.6]}, "mlmoc": {0: [0.5, 0.7]}})
     text = report.build_report(str(tmp_path / "studies"), str(tmp_path / "docs"))
@@ -65,19 +64,19 @@ def test_report_builds_results_page(tmp_path):
 
 
 def test_overrides_reach_training_and_strategy_options():
-    cfg = study.apply_overrides(study.smoke_config(), {
+    cfg = studies.apply_overrides(studies.smoke_config(), {
         "strategy": "mlmoc", "train.loss": "ce", "strategy_options": {"kernel": "sum_logits"}})
     assert cfg.train.loss == "ce" and dict(cfg.strategy_options) == {"kernel": "sum_logits"}
 
 
-@pytest.mark.parametrize("figure", sorted(study.FIGURES))
+@pytest.mark.parametrize("figure", sorted(studies.FIGURES))
 def test_every_figure_smoke(figure, tmp_path, digits):
     """Each figure's runner end to end on a tiny digits setting, so none of them rots."""
-    meta = study.run_study(figure, study.smoke_config(), [0], str(tmp_path), dataset=digits,
+    meta = studies.run_study(figure, studies.smoke_config(), [0], str(tmp_path), dataset=digits,
                            log=lambda s: None)
-    s = study.load_study(str(tmp_path))
+    s = studies.load_study(str(tmp_path))
     assert all(s.runs[a["label"]] for a in meta["arms"])
-    assert study.summarize(s)
+    assert studies.summarize(s)
 
 
 def test_figures_cli_smoke(tmp_path):
@@ -94,27 +93,27 @@ def test_paired_average_and_claim_verdicts(tmp_path):
         "random": {0: [0.5, 0.6, 0.7], 1: [0.4, 0.5, 0.6], 2: [0.5, 0.6, 0.6]},
         "mlmoc": {0: [0.5, 0.7, 0.8], 1: [0.4, 0.6, 0.8], 2: [0.5, 0.7, 0.7]},
         "margin": {0: [0.5, 0.8, 0.9], 1: [0.4, 0.7, 0.9], 2: [0.5, 0.8, 0.8]}})
-    s = study.load_study(str(tmp_path))
-    mean, ci, n = study.paired_average(s, "mlmoc", "random")
+    s = studies.load_study(str(tmp_path))
+    mean, ci, n = claims.paired_average(s, "mlmoc", "random")
     # per-seed means over cycles 1..2 (cycle 0 is the shared initial set): .1, .15, .1
     per_seed = np.array([0.1, 0.15, 0.1])
     assert n == 3 and mean == pytest.approx(per_seed.mean())
     assert ci == pytest.approx(4.302652729749464 * per_seed.std(ddof=1) / np.sqrt(3))
-    claims = {c.statement: c for c in study.check_claims(s)}
-    beats = next(c for k, c in claims.items() if k.startswith("MLMOC beats random"))
+    by_statement = {c.statement: c for c in claims.check_claims(s)}
+    beats = next(c for k, c in by_statement.items() if k.startswith("MLMOC beats random"))
     assert beats.holds is True and "+11.67 ±" in beats.measured
-    vs_margin = next(c for k, c in claims.items() if "than margin" in k)
+    vs_margin = next(c for k, c in by_statement.items() if "than margin" in k)
     assert vs_margin.holds is False and "-10.00 ± 0.00" in vs_margin.measured
-    md = study.study_markdown(s, "x.png")
+    md = report.study_markdown(s, "x.png")
     assert "**does not hold** MLMOC is equal to or better than margin" in md
 
 
 def test_claims_undecided_with_one_seed_or_missing_arm(tmp_path):
     _fake_study(str(tmp_path), {"random": {0: [0.5, 0.6]}, "mlmoc": {0: [0.5, 0.7]}})
-    s = study.load_study(str(tmp_path))
-    (claim,) = study.check_claims(s)
+    s = studies.load_study(str(tmp_path))
+    (claim,) = claims.check_claims(s)
     assert claim.holds is None and "one seed" in claim.measured
-    c = study._compare(s, "mlmoc", "gp", "x", "better")
+    c = claims._compare(s, "mlmoc", "gp", "x", "better")
     assert c.holds is None and "not run" in c.measured
 
 
@@ -132,7 +131,7 @@ def test_reproduce_script_names_real_figures_and_flags():
     lines = [[variables.get(a[1:], a) for a in ln.split()[1:]]
              for ln in text.splitlines() if ln.startswith("run --")]
     assert {a.split("=")[1] for ln in lines for a in ln if a.startswith("--figure=")} \
-        == set(study.FIGURES)
+        == set(studies.FIGURES)
     for arg in common + [a for ln in lines for a in ln]:
         name = arg.lstrip("-").split("=")[0]
         assert name in flags.FLAGS, f"{arg} is not a flag of experiments.figures"

@@ -9,7 +9,7 @@ Builds MNIST offline from the original archives (see shared/data/mnist/README.md
 The WideResNet is slow on CPU; `configs/mnist_mlp.py` is the 2-core variant.
 """
 
-from experiments.configs import default
+from lookahead_jax.configs import default
 
 
 def get_config():

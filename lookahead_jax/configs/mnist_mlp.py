@@ -1,11 +1,12 @@
 """MNIST with the paper's query scheme (100 initial, query 20 of a 4000 subset) and a
 784-1024-1024-10 MLP that trains in seconds on 2 CPU cores.
 
-    python -m experiments.main --config=mnist_mlp --manual_dir=../shared/data/mnist \
+    python -m experiments.main --config=experiments/configs/mnist_mlp.py \
+        --manual_dir=../shared/data/mnist \
         --strategy=random,mlmoc
 """
 
-from experiments.configs import mnist
+from lookahead_jax.configs import mnist
 
 
 def get_config():

@@ -3,4 +3,4 @@
     python -m experiments.main --dataset=digits
 """
 
-from experiments.configs.default import get_config  # noqa: F401
+from lookahead_jax.configs.default import get_config  # noqa: F401

@@ -1,14 +1,19 @@
-"""Flax linen models: MLP, a small CNN, WideResNet and ResNet18 (CIFAR stem).
+"""The built-in networks (Flax linen): MLP, a small CNN, WideResNet and ResNet18 (CIFAR stem).
 
-Every model is called as ``model.apply(variables, x, train=False)`` on NHWC float32
-inputs ``(n, H, W, C)`` and returns logits ``(n, num_classes)``.
+:func:`get_model` returns one as a :class:`~lookahead_jax.models.base.Model` with every
+optional piece wired (embeddings, readout, MC dropout, block features), through the same
+:func:`~lookahead_jax.models.adapters.from_linen` a user's own linen module goes through.
+:func:`create_model` returns the bare linen module.
+
+Every module is called as ``module.apply(variables, x, train=False)`` on float32 inputs
+``(n, ...)`` (images NHWC; the MLP flattens anything) and returns logits
+``(n, num_classes)``.
 
 BatchNorm has a ``train`` switch: with ``train=True`` it normalises with batch
 statistics and updates the ``batch_stats`` collection; with ``train=False`` (evaluation
 and every NTK computation) it uses the running averages. Running statistics are *not*
 parameters: only the ``params`` collection is ever differentiated (the paper's authors'
-code differentiated the running statistics by mistake). :func:`bind_eval` returns the
-pure ``f(params, x) -> (n, C)`` view that the NTK engine differentiates.
+code differentiated the running statistics by mistake).
 
 Optional extras used by some strategies:
   * ``return_embedding=True`` returns ``(logits, embedding)`` with the penultimate
@@ -25,14 +30,14 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-from flax import struct
+
+from lookahead_jax.models.adapters import from_linen
+from lookahead_jax.models.base import Model
 
 PyTree = Any
 ModuleDef = Any
 
-_BN_MOMENTUM = 0.9
 _BN_EPS = 1e-5
 
 
@@ -135,12 +140,13 @@ class WideResNet(nn.Module):
     blocks_per_group: int = 1
     widen_factor: int = 2
     dropout_rate: float = 0.0
+    bn_momentum: float = 0.9
 
     @nn.compact
     def __call__(self, x, train: bool = False, *, mc_dropout: bool = False,
                  return_embedding: bool = False):
         norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=_BN_MOMENTUM, epsilon=_BN_EPS)
+                                 momentum=self.bn_momentum, epsilon=_BN_EPS)
         h = nn.Conv(16, (3, 3), padding="SAME", use_bias=False, name="stem")(x)
         for g in range(self.num_groups):
             width = 16 * (2 ** g) * self.widen_factor
@@ -186,12 +192,13 @@ class ResNet18(nn.Module):
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     base_width: int = 64
     dropout_rate: float = 0.0
+    bn_momentum: float = 0.9
 
     @nn.compact
     def __call__(self, x, train: bool = False, *, mc_dropout: bool = False,
                  return_embedding: bool = False):
         norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=_BN_MOMENTUM, epsilon=_BN_EPS)
+                                 momentum=self.bn_momentum, epsilon=_BN_EPS)
         h = nn.Conv(self.base_width, (3, 3), padding="SAME", use_bias=False, name="stem")(x)
         h = nn.relu(norm(name="bn_stem")(h))
         for s, n_blocks in enumerate(self.stage_sizes):
@@ -235,37 +242,42 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     return cls(num_classes=num_classes, **kwargs)
 
 
-def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict:
-    """Initial variables ``{"params": ..., ["batch_stats": ...]}`` for inputs ``(H, W, C)``."""
-    x = jnp.zeros((1, *input_shape), jnp.float32)
-    variables = model.init({"params": key}, x, train=False)
-    return dict(variables)
+def _embed(module, variables, x):
+    return module.apply(variables, x, train=False, return_embedding=True)[1]
 
 
-class BoundModel(struct.PyTreeNode):
-    """The pure ``f(params, x) -> (n, C)`` view of a model in evaluation mode.
+def _readout(params):
+    node = params["_Head_0"]["readout"]
+    return node["kernel"], node["bias"]
 
-    Non-parameter collections (``batch_stats``) are bound as pytree leaves, so they are
-    inputs, never differentiated; the module itself is static. Because a ``BoundModel``
-    is a pytree, it can be passed *through* ``jax.jit`` as an argument: a new cycle's
-    ``BoundModel`` (same module, new statistics) reuses the compiled code instead of
-    retracing a fresh closure.
+
+def get_model(name: str, num_classes: int, **kwargs) -> Model:
+    """A built-in network as a :class:`Model`, every optional piece wired.
+
+    Equal arguments give the same :class:`Model` object (models are jit static arguments
+    compared by identity, so a second run in the same process reuses compiled code).
+
+    Args:
+      name: one of :data:`MODELS`; num_classes: C; **kwargs: the network's options
+      (:func:`create_model`).
+
+    ``embed`` gives the readout's input, ``readout`` the readout Dense layer,
+    ``mc_apply`` MC dropout before the readout (when ``dropout_rate > 0``), and
+    ``block_features`` the per-block features sown into ``intermediates`` (LL4AL).
+    ``meta`` holds ``dropout_rate`` and, for the MLP, ``mlp_widths`` (hidden widths and
+    C: the infinite-width kernels' architecture).
     """
-
-    model: nn.Module = struct.field(pytree_node=False)
-    state: dict = struct.field(default_factory=dict)
-
-    def __call__(self, params: PyTree, x: jax.Array) -> jax.Array:
-        return self.model.apply({"params": params, **self.state}, x, train=False)
-
-    def embed(self, params: PyTree, x: jax.Array) -> jax.Array:
-        """Penultimate features ``(n, D)`` (evaluation mode)."""
-        return self.model.apply({"params": params, **self.state}, x, train=False,
-                                return_embedding=True)[1]
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    return _get_model(name, int(num_classes), tuple(sorted(kwargs.items())))
 
 
-def bind_eval(model: nn.Module, variables: dict) -> BoundModel:
-    """``f(params, x)`` for the NTK engine and the strategies; see :class:`BoundModel`."""
-    state = {k: v for k, v in variables.items() if k != "params"}
-    return BoundModel(model=model, state=state)
-
+@functools.lru_cache(maxsize=64)
+def _get_model(name: str, num_classes: int, kwargs: tuple) -> Model:
+    module = create_model(name, num_classes, **dict(kwargs))
+    rate = float(module.dropout_rate)
+    meta = {"dropout_rate": rate}
+    if isinstance(module, MLP):
+        meta["mlp_widths"] = tuple(int(w) for w in module.widths) + (int(num_classes),)
+    return from_linen(module, name=name, embed=_embed, readout=_readout,
+                      mc_kwargs={"mc_dropout": True} if rate > 0 else None,
+                      features_collection="intermediates", meta=meta)

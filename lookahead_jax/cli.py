@@ -1,0 +1,197 @@
+"""The command line: ``lookahead-jax`` (installed) and ``python -m experiments.main``.
+
+Only parses flags and calls :func:`lookahead_jax.loop.run_strategies`, the function tests
+and notebooks call. Settings come from a config file (``--config=PATH``, Flax-examples
+style; default: the embedded digits job) with ``--config.<field>=value`` overrides, e.g.
+``--config.train.momentum=0.5``, ``--config.strategy_options.kernel=full``,
+``--config.model_kwargs.widen_factor=8``. Every field of
+:class:`~lookahead_jax.loop.LoopConfig` and :class:`~lookahead_jax.train.TrainConfig`
+also has a short flag of its own name (``--dataset``, ``--strategy``, ``--cycles``,
+``--epochs``, ``--momentum``, ...), derived from the dataclasses (type and help text), so
+the list of fields exists once.
+
+Rules:
+  * ``--dataset=NAME`` without ``--config`` starts from that dataset's preset (the
+    paper's setting, e.g. ``svhn``) when it has one; ``--config.*`` overrides and short
+    flags apply on top, short flags last.
+  * ``--model=NAME`` that changes the network uses that network's defaults plus any
+    ``--config.model_kwargs.*`` given (the config's options belong to the other network).
+  * ``--strategy`` (or the config's ``strategy``) may list several strategies, comma
+    separated: one run each under ``WORKDIR/<strategy>/``, compared in one table and plot.
+
+Bad input is one ``error:`` line on stderr with exit status 2, before any training; a
+diverged run exits 1 saying where its finished cycles are; Ctrl-C exits 130, likewise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+import typing
+from typing import Mapping, Optional, Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lookahead_jax import configs, data, loop, train
+
+FLAGS = flags.FLAGS
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", configs.path("default"), "a config file (get_config() -> ConfigDict); "
+    "override its fields with --config.<field>=value", lock_config=False,
+    accept_new_attributes=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "output folder (default runs/<dataset>_<model>_seed<seed>); an "
+    "existing one is resumed")
+
+_PRINT = flags.DEFINE_bool(
+    "print_config", False, "print the resolved run settings as JSON and exit (runs nothing)")
+
+_NOT_SHORT = ("model_kwargs", "strategy_options", "train")
+
+
+def field_docs(cls) -> dict[str, str]:
+    """``{field: text}`` from the ``Attributes:`` section of a dataclass's docstring."""
+    docs, name = {}, None
+    section = (cls.__doc__ or "").split("Attributes:", 1)[-1]
+    for line in section.splitlines():
+        m = re.match(r"^\s{6}([\w, ]+):\s*(.*)$", line)
+        if m:
+            names = [n.strip() for n in m.group(1).split(",")]
+            for n in names:
+                docs[n] = m.group(2)
+            name = names
+        elif name and line.strip():
+            for n in name:
+                docs[n] += " " + line.strip()
+    return {k: re.sub(r"``", "", v) for k, v in docs.items()}
+
+
+def _define(name: str, tp, help_text: str) -> None:
+    inner = [a for a in typing.get_args(tp) if a is not type(None)]
+    tp = inner[0] if inner else tp
+    define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+              float: flags.DEFINE_float}.get(tp, flags.DEFINE_string)
+    define(name, None, help_text)
+
+
+def _short_flags() -> dict[str, str]:
+    """Defines one flag per config field; returns ``{flag: config path}``."""
+    out = {}
+    for cls, prefix in ((loop.LoopConfig, ""), (train.TrainConfig, "train.")):
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in _NOT_SHORT:
+                continue
+            _define(f.name, hints[f.name], f"{docs.get(f.name, f.name)} (config field "
+                                           f"{prefix}{f.name})")
+            out[f.name] = prefix + f.name
+    return out
+
+
+SHORT_FLAGS = _short_flags()
+
+
+def _set(cfg, path: str, value) -> None:
+    """``cfg.<path> = value`` for a dotted path (adds the key if needed)."""
+    *parents, last = path.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    node[last] = value
+
+
+def build_config():
+    """The ConfigDict these flags describe (see the module docstring for the rules)."""
+    cfg = _CONFIG.value
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    if FLAGS["config"].present == 0 and FLAGS.dataset is not None:
+        preset = configs.for_dataset(data.canonical_name(FLAGS.dataset)) \
+            if not FLAGS.dataset.startswith(data.SOURCE_PREFIXES) else None
+        if preset is not None:
+            cfg = configs.load(preset)
+            for path, value in overrides.items():
+                _set(cfg, path, value)
+    old_model = cfg.model
+    for flag, path in SHORT_FLAGS.items():
+        value = getattr(FLAGS, flag)
+        if value is not None:
+            _set(cfg, path, value)
+    if cfg.model != old_model:   # the config's options belong to the other network
+        cfg.model_kwargs = {p[len("model_kwargs."):]: v for p, v in overrides.items()
+                            if p.startswith("model_kwargs.")}
+    return cfg
+
+
+def summary_table(curves: Mapping[str, Sequence[dict]]) -> str:
+    """A text table of test accuracy per cycle, one column per run."""
+    names = list(curves)
+    n = max(len(v) for v in curves.values())
+    head = f"{'cycle':>5} {'labeled':>8} " + " ".join(f"{s:>16}" for s in names)
+    lines = [head, "-" * len(head)]
+    for c in range(n):
+        first = next(v[c] for v in curves.values() if len(v) > c)
+        cells = [f"{100 * v[c]['test_accuracy']:15.2f}%" if len(v) > c else " " * 16
+                 for v in curves.values()]
+        lines.append(f"{c + 1:>5} {first['num_labeled']:>8} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
+    logging.set_verbosity(logging.WARNING)  # keep JAX's backend chatter out of the table
+    workdir: Optional[str] = None
+    try:
+        cfg = build_config().to_dict()
+        names = [s.strip() for s in str(cfg.pop("strategy")).split(",") if s.strip()]
+        if not names:
+            raise ValueError("--strategy is empty")
+        config = loop.LoopConfig.from_dict({**cfg, "strategy": names[0]})
+        if _PRINT.value:
+            print(json.dumps({**config.to_dict(), "strategy": ",".join(names)}, indent=2,
+                             sort_keys=True))
+            return
+        workdir = _WORKDIR.value or os.path.join(
+            "runs", f"{config.dataset}_{config.model}_seed{config.seed}")
+        results = loop.run_strategies(config, names, workdir)
+    except (ValueError, TypeError, ImportError) as e:   # bad input or a missing extra
+        _fail(str(e), 2)
+    except FloatingPointError as e:                     # diverged training, bad scores
+        _fail(f"{e}\nfinished cycles are kept in {os.path.abspath(workdir)}; the same "
+              "command resumes from there (after changing a setting, use a new --workdir)", 1)
+    except KeyboardInterrupt:
+        where = f" in {os.path.abspath(workdir)}" if workdir else ""
+        print(f"\ninterrupted: finished cycles are kept{where}; the same command resumes",
+              file=sys.stderr)
+        sys.exit(130)
+    print()
+    print(summary_table({s: r.metrics for s, r in results.items()}))
+    print(f"\nrecords: {os.path.abspath(workdir)}")
+    print(f"plot:    {os.path.abspath(os.path.join(workdir, 'learning_curves.png'))}")
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag as one ``error:`` line and exit status 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _fail(f"{e}", 2)
+
+
+def run() -> None:
+    """The console command's entry point."""
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

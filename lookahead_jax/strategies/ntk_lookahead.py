@@ -1,0 +1,254 @@
+"""The paper's method: NTK look-ahead strategies (MLMOC, EMOC, EER, label-flip).
+
+For every candidate x' with pseudo-label argmax f_L(x'), the retrained network is
+predicted with the empirical NTK of f_L (Eq. 11) through the block form (Eq. 12), for
+all candidates at once, and scored (Eq. 13 for MLMOC). This module is the glue: it pads
+the labeled inputs to the run's capacity, asks the NTK engine (:mod:`lookahead_jax.ntk`)
+for the kernel blocks, and runs the algebra of :mod:`lookahead_jax.lookahead`. From the
+trained network to the chosen indices everything stays on the device; only the chosen
+indices and the logged scalars come to the host (explicitly).
+
+Sequential mode (``ctx.label_fn`` given): ``query_size`` steps of pick the best available
+candidate → ``label_fn(j)`` (its TRUE label) → :func:`~lookahead_jax.lookahead.add_labeled`
+(rank-one update, no new kernel entries) → re-score. Only the index leaves the device and
+only the label comes in, per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Literal, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lookahead_jax import lookahead as la
+from lookahead_jax import ntk
+from lookahead_jax.strategies.base import AcquisitionContext, Selection, predict, top_k
+from lookahead_jax.strategies.options import OptionsError, RidgeOptions, positive
+from lookahead_jax.strategies.registry import register_strategy
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LookaheadOptions(RidgeOptions):
+    """Options of the NTK look-ahead strategies (``mlmoc``, ``emoc``, ``eer``, ``label_flip``).
+
+    Attributes:
+      kernel: which empirical NTK: ``"first_logit"`` (the paper's single-logit kernel,
+        used as Θ ⊗ I_C), ``"sum_logits"``, ``"trace"`` or ``"full"`` (all C × C logit
+        pairs; Schur complements become C × C blocks).
+      first_step: sequential mode's reference at step 0: ``"network"`` (the paper: scores
+        and pseudo-labels from f_L, so step 0 equals the batch scores) or
+        ``"linearised"`` (the linearised model f^lin_L throughout, as every later step
+        uses); the two differ when f_L does not fit its labels (r ≠ 0).
+      streaming: never hold Θ(U, U) (batch mode only): score from row blocks computed on
+        demand (the whole-pool path).
+      block: ``False`` solves every augmented system instead of Eq. 12 (the paper's
+        "NTK w/o Block", Fig. 1a; batch MLMOC, scalar kernel, E = U only).
+      ntk_implementation: the NTK engine's implementation (``"auto"``, ``"structured"``,
+        ``"jacobian"``, ``"jvp_vjp"``).
+      ntk_chunk_size: examples per NTK chunk (``None``: from the memory budget).
+      gram_tile: tile size of the symmetric Θ(U, U) (only tiles on and above the
+        diagonal are computed).
+      eval_x: a separate evaluation set E (inputs ``(E, ...)``; API only), else E = U.
+      jitter, u_floor, chunk_size: see :class:`~.options.RidgeOptions`.
+    """
+
+    kernel: Literal["first_logit", "sum_logits", "trace", "full"] = "first_logit"
+    first_step: Literal["network", "linearised"] = "network"
+    streaming: bool = False
+    block: bool = True
+    ntk_implementation: Literal["auto", "structured", "jacobian", "jvp_vjp"] = "auto"
+    ntk_chunk_size: Optional[int] = None
+    gram_tile: int = 512
+    eval_x: Any = None
+
+    def check(self):
+        super().check()
+        positive(self, "gram_tile", "ntk_chunk_size")
+        if not self.block and (self.streaming or self.eval_x is not None
+                               or self.kernel == "full"):
+            raise OptionsError("block=False (the paper's 'NTK w/o Block') supports batch-mode "
+                               "MLMOC with a scalar kernel and E = U only")
+
+
+def pad_labeled(x: Array, capacity: int) -> Array:
+    """``x`` ``(L, ...)`` padded to ``(capacity, ...)`` with copies of its first row.
+
+    Copies of a real input keep every per-example feature finite; the look-ahead system
+    ignores rows past the real L (:func:`~lookahead_jax.lookahead.build_system`).
+    """
+    x = jnp.asarray(x)
+    if x.shape[0] == capacity:
+        return x
+    return jnp.concatenate([x, jnp.broadcast_to(x[:1], (capacity - x.shape[0],) + x.shape[1:])])
+
+
+def _diagonal(k: Array) -> Array:
+    """The diagonal of a square kernel block: ``(k,)`` or ``(k, C, C)``."""
+    i = jnp.arange(k.shape[0])
+    return k[i, i]
+
+
+def kernels(ctx: AcquisitionContext, opts: LookaheadOptions, x_labeled: Array,
+            streaming: bool) -> tuple[dict, Optional[Any]]:
+    """The kernel blocks of one cycle, on device, and (streaming) a row-block function.
+
+    Returns ``(blocks, row_block)``: ``blocks`` has ``k_ll`` Θ(X, X), ``k_ul`` Θ(U, X),
+    ``k_uu`` Θ(U, U) (or ``kappa``, its diagonal, when streaming) and, with ``eval_x``,
+    ``k_el``, ``k_eu``. ``row_block(start, stop)`` gives Θ(U[start:stop], E).
+    """
+    f, params = ctx.apply_fn, ctx.params
+    kw = dict(output=opts.kernel, implementation=opts.ntk_implementation,
+              chunk_size=opts.ntk_chunk_size)
+    if opts.ntk_implementation == "jvp_vjp" and not streaming and opts.eval_x is None:
+        ks = ntk.kernel_set(f, params, x_labeled, ctx.x_candidates, **kw)
+        return dict(k_ll=ks.ll, k_ul=ks.ul, k_uu=ks.uu), None
+    fl = ntk.ntk_features(f, params, x_labeled, **kw)
+    fu = ntk.ntk_features(f, params, jnp.asarray(ctx.x_candidates), **kw)
+    kf = functools.partial(ntk.kernel_from_features, chunk_size=opts.ntk_chunk_size)
+    out = dict(k_ll=kf(fl, fl), k_ul=kf(fu, fl))
+    x_eval = opts.eval_x
+    fe = fu if x_eval is None else ntk.ntk_features(f, params, jnp.asarray(x_eval), **kw)
+    if x_eval is not None:
+        out["k_el"] = kf(fe, fl)
+    if not streaming:
+        # Θ(U, U) is symmetric: the engine computes the tiles on and above the diagonal
+        out["k_uu"] = ntk.kernel_from_features(fu, fu, chunk_size=opts.gram_tile)
+        if x_eval is not None:
+            out["k_eu"] = kf(fe, fu)
+        return out, None
+    # streaming: Θ(U, U) / Θ(U, E) are never held, only the diagonal and row blocks.
+    k, U = opts.chunk_size, ctx.num_candidates
+    out["kappa"] = jnp.concatenate([
+        _diagonal(kf(ntk.slice_features(fu, s, min(s + k, U)),
+                     ntk.slice_features(fu, s, min(s + k, U))))
+        for s in range(0, U, k)])
+
+    def row_block(start, stop):
+        return kf(ntk.slice_features(fu, start, min(stop, U)), fe)
+
+    return out, row_block
+
+
+def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
+    """One look-ahead acquisition (batch, or sequential when ``ctx.label_fn`` is given).
+
+    Batch selection is the top ``query_size`` scores (no diversity term). Sequential:
+    ``Selection.indices`` are in pick order, ``revealed`` the labels, and ``scores`` the
+    step-0 scores (later picks used re-scored values, so ``indices`` need not be the
+    top-k of ``scores``).
+
+    ``info``: ``jitter`` (relative), ``lambda`` (absolute), ``u_floor``, ``clamped``
+    (Schur complements clamped at step 0 / in the batch), ``clamped_all_steps``,
+    ``capacity``, ``block``, ``kernel_s`` and ``total_s`` (seconds), ``top_score``
+    (the best step-0 score, divided by the number of evaluation points).
+    """
+    opts: LookaheadOptions = ctx.options
+    t0 = time.perf_counter()
+    sequential = ctx.label_fn is not None
+    streaming = opts.streaming and not sequential
+    if not opts.block and (kind != "mlmoc" or sequential):
+        raise ValueError("block=False (the paper's 'NTK w/o Block') supports batch-mode "
+                         "MLMOC only")
+    U, L, q, C = ctx.num_candidates, ctx.num_labeled, ctx.query_size, ctx.num_classes
+    N = max(ctx.capacity, L + (q if sequential else 0))
+    x_l = pad_labeled(ctx.x_labeled, N)
+    y_l = jnp.zeros((N,), jnp.int32).at[:L].set(jnp.asarray(ctx.y_labeled, jnp.int32))
+    blocks, row_block = kernels(ctx, opts, x_l, streaming)
+    jax.block_until_ready(blocks)
+    t_kernel = time.perf_counter() - t0
+    f_l = predict(ctx, x_l)
+    f_u = predict(ctx, ctx.x_candidates)
+    if not opts.block:
+        lam = _ridge(blocks["k_ll"], L, opts.jitter)
+        scores = la.augmented_system_scores(blocks["k_ll"], blocks["k_ul"], blocks["k_uu"],
+                                            f_l, y_l, f_u, lam, opts.chunk_size,
+                                            num_labeled=L)
+        info = dict(jitter=opts.jitter, kernel_s=t_kernel, **_top_score(scores, U))
+        idx = top_k(scores, q)
+        info["total_s"] = time.perf_counter() - t0
+        return Selection(indices=idx, scores=scores, info=info)
+    f_e = None if opts.eval_x is None else predict(ctx, opts.eval_x)
+    state, spec, info = la.build_system(
+        y_l=y_l, f_l=f_l, f_u=f_u, f_e=f_e, num_classes=C, num_labeled=L, capacity=N,
+        jitter=opts.jitter, u_floor=opts.u_floor, chunk_size=opts.chunk_size,
+        sequential=sequential, **blocks)
+    info = dict(info, kernel_s=t_kernel)
+    E = U if opts.eval_x is None else int(np.shape(opts.eval_x)[0])
+    if not sequential:
+        if streaming:
+            scores, clamped = la.streaming_scores(kind, spec, state, row_block)
+        else:
+            scores, clamped = la.score_candidates(kind, spec, state)
+        scores = scores[:U]
+        idx = top_k(scores, q)
+        lam, clamped, top = jax.device_get((state.lam, clamped, jnp.max(scores) / E))
+        info.update(clamped=int(clamped), total_s=time.perf_counter() - t0,
+                    top_score=float(top), **{"lambda": float(lam)})
+        return Selection(indices=idx, scores=scores, info=info)
+    if opts.first_step == "linearised":
+        state = state._replace(ref_u=state.lin_u, ref_e=state.lin_e)
+    picked, labels, clamped_steps, first, first_clamped = [], [], [], None, None
+    for t in range(q):
+        scores, clamped = la.score_candidates(
+            kind, spec, state, ref_is_lin=t > 0 or opts.first_step == "linearised")
+        j, bad = jax.device_get((jnp.argmax(scores), jnp.any(jnp.isnan(scores))))
+        if bad:
+            raise FloatingPointError(f"look-ahead scores at sequential step {t} are NaN")
+        if first is None:
+            first, first_clamped = scores[:U], clamped
+        clamped_steps.append(clamped)
+        y = int(ctx.label_fn(int(j)))
+        if not 0 <= y < C:
+            raise ValueError(f"label_fn returned {y} for candidate {int(j)}; labels must be "
+                             f"integers in [0, {C})")
+        picked.append(int(j))
+        labels.append(y)
+        state = la.add_labeled(spec, state, jnp.int32(j), jnp.int32(y))
+    lam, c0, call, top = jax.device_get((state.lam, first_clamped, jnp.sum(jnp.stack(
+        clamped_steps)), jnp.max(first) / E))
+    info.update(clamped=int(c0), clamped_all_steps=int(call), top_score=float(top),
+                total_s=time.perf_counter() - t0, **{"lambda": float(lam)})
+    return Selection(indices=np.asarray(picked, np.int64), scores=first,
+                     revealed=np.asarray(labels, np.int64), info=info)
+
+
+@jax.jit
+def _ridge_jit(k_ll, n, jitter):
+    real = jnp.arange(k_ll.shape[0]) < n
+    return jitter * jnp.sum(jnp.where(real, jnp.diagonal(k_ll), 0)) / jnp.maximum(n, 1)
+
+
+def _ridge(k_ll: Array, n: int, jitter: float) -> Array:
+    """λ = jitter · mean of the real diagonal of Θ(X, X) (as :func:`la.build_system`)."""
+    return _ridge_jit(k_ll, jnp.int32(n), jnp.asarray(jitter, k_ll.dtype))
+
+
+def _top_score(scores: Array, num_eval: int) -> dict:
+    return {"top_score": float(jax.device_get(jnp.max(scores))) / num_eval}
+
+
+def _lookahead(kind: str, doc: str):
+    def select(ctx: AcquisitionContext) -> Selection:
+        return lookahead_select(ctx, kind)
+
+    select.__doc__ = doc
+    select.__name__ = f"{kind}_strategy"
+    register_strategy(kind, options=LookaheadOptions, sequential=True)(select)
+    return select
+
+
+mlmoc_strategy = _lookahead(
+    "mlmoc", "NTK look-ahead MLMOC (Eq. 13): Σ_x ‖f_L(x) − f^lin_{L+}(x)‖, y' = argmax f_L(x').")
+emoc_strategy = _lookahead(
+    "emoc", "NTK look-ahead EMOC (Eq. 3): MLMOC's sum in expectation over softmax(f_L(x')).")
+eer_strategy = _lookahead(
+    "eer", "NTK look-ahead expected error reduction (Eq. 2): −E_y Σ_x H(softmax f^lin_{L+}(x)).")
+label_flip_strategy = _lookahead(
+    "label_flip", "Fraction of evaluation points whose argmax flips (the authors' code's score).")

@@ -1,0 +1,146 @@
+"""The strategy layer: registry, typed options, context checks, and one battery run over
+every registered strategy."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lookahead_jax import models, strategies
+from lookahead_jax.strategies import uncertainty
+from lookahead_jax.strategies.options import OptionsError
+
+
+def test_margin_prefers_the_smallest_gap():
+    probs = jnp.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [0.6, 0.3, 0.1]])
+    # gaps 0.85, 0.05, 0.3: margin sampling queries the ambiguous point first
+    np.testing.assert_array_equal(strategies.top_k(uncertainty.margin_scores(probs), 3),
+                                  [1, 2, 0])
+
+
+def test_entropy_and_least_confidence_equal_hand_values():
+    probs = jnp.array([[1.0, 0.0], [0.5, 0.5], [0.8, 0.2]])
+    want = [0.0, np.log(2), -(0.8 * np.log(0.8) + 0.2 * np.log(0.2))]
+    np.testing.assert_allclose(uncertainty.entropy_scores(probs), want, rtol=1e-6)
+    np.testing.assert_allclose(uncertainty.least_confidence_scores(probs), [0.0, 0.5, 0.2],
+                               rtol=1e-6)
+
+
+def test_top_k_ties_infinities_and_errors():
+    np.testing.assert_array_equal(strategies.top_k(np.array([1.0, 3.0, 3.0, 0.0]), 3),
+                                  [1, 2, 0])
+    with pytest.raises(FloatingPointError, match="not finite"):
+        strategies.top_k(np.array([1.0, np.nan]), 1)
+    with pytest.raises(ValueError, match="cannot select 3 of 2"):
+        strategies.top_k(np.array([1.0, 2.0]), 3)
+    with pytest.raises(ValueError, match="fewer than 2 may be picked"):
+        strategies.top_k(np.array([1.0, -np.inf]), 2)
+
+
+def test_unknown_strategy_lists_known_ones():
+    with pytest.raises(ValueError, match="known strategies: .*entropy.*random"):
+        strategies.get("bogus")
+
+
+def test_registry_refuses_duplicates_and_lists_each_family():
+    with pytest.raises(ValueError, match="already registered"):
+        strategies.register_strategy("random")(lambda ctx: None)
+    assert set(strategies.names()) == {
+        "random", "entropy", "margin", "least_confidence", "badge", "coreset", "bald",
+        "ll4al", "mlmoc", "emoc", "eer", "label_flip", "naive_lookahead",
+        "onestep_lookahead", "infinite_ntk_lookahead", "gp_lookahead"}
+    assert set(strategies.sequential_names()) == {"mlmoc", "emoc", "eer", "label_flip"}
+
+
+def test_options_are_typed_and_validated_before_any_work():
+    mlmoc = strategies.get("mlmoc")
+    opts = mlmoc.parse_options({"jitter": 1, "kernel": "full"})
+    assert opts.jitter == 1.0 and isinstance(opts.jitter, float) and opts.kernel == "full"
+    assert mlmoc.parse_options(None) == mlmoc.options()          # the defaults
+    with pytest.raises(OptionsError, match=r"no option 'jiter' \(did you mean 'jitter'\?\); "
+                                           r"its options: u_floor, chunk_size, jitter"):
+        mlmoc.parse_options({"jiter": 1e-4})
+    with pytest.raises(OptionsError, match="'kernel' .* must be one of 'first_logit'"):
+        mlmoc.parse_options({"kernel": "diag"})
+    with pytest.raises(OptionsError, match="'chunk_size' .* must be int, got 2.5"):
+        mlmoc.parse_options({"chunk_size": 2.5})
+    with pytest.raises(OptionsError, match="'jitter' must be a finite number >= 0"):
+        mlmoc.parse_options({"jitter": -1.0})
+    with pytest.raises(OptionsError, match="takes no options"):
+        strategies.get("random").parse_options({"jitter": 1.0})
+
+
+def make_context(num_candidates=30, query_size=5, seed=0, label_fn=None, num_classes=4,
+                 options=None, model=None, shape=(3, 3, 1)):
+    """A tiny context around an untrained MLP (shared with other strategy tests)."""
+    m = model or models.get_model("mlp", num_classes, widths=(16,))
+    v = m.init(jax.random.key(seed), jnp.zeros((1, *shape)))
+    kx = jax.random.split(jax.random.key(seed + 1), 2)
+    x_l = jax.random.normal(kx[0], (12, *shape))
+    y_l = jnp.arange(12, dtype=jnp.int32) % num_classes
+    x_u = jax.random.normal(kx[1], (num_candidates, *shape))
+    return strategies.AcquisitionContext(
+        model=m, params=v.params, state=v.state, x_labeled=x_l, y_labeled=y_l,
+        x_candidates=x_u, num_classes=num_classes, query_size=query_size,
+        key=jax.random.key(seed + 2), label_fn=label_fn,
+        labeled_capacity=12 + 3 * query_size, options=options)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(x_candidates=jnp.zeros((0, 3, 3, 1))), "candidate set is empty"),
+    (dict(query_size=31), r"query_size must be an integer in \[1, 30\]"),
+    (dict(query_size=0), r"query_size must be an integer in \[1, 30\]"),
+    (dict(y_labeled=jnp.full((12,), 4, jnp.int32)), r"labels outside \[0, 4\)"),
+    (dict(y_labeled=jnp.zeros((12,), jnp.float32)), "integer class labels"),
+    (dict(x_labeled=jnp.full((12, 3, 3, 1), jnp.nan)), "x_labeled holds NaN or inf"),
+    (dict(x_candidates=jnp.zeros((30, 4))), r"per example but candidates are \(4,\)"),
+])
+def test_context_problems_are_refused_naming_them(change, message):
+    for name in ("mlmoc", "entropy", "badge"):
+        with pytest.raises(ValueError, match=message):
+            strategies.get(name)(dataclasses.replace(make_context(), **change))
+
+
+def _check_selection(sel, ctx):
+    idx = np.asarray(sel.indices)
+    assert idx.shape == (ctx.query_size,) and np.unique(idx).size == ctx.query_size
+    assert idx.min() >= 0 and idx.max() < ctx.num_candidates
+    assert np.asarray(sel.scores).shape == (ctx.num_candidates,)
+    assert np.all(np.isfinite(sel.scores))
+
+
+@pytest.mark.parametrize("name", strategies.names())
+def test_every_strategy_battery(name):
+    """Distinct in-range indices, finite scores, deterministic for a seed (batch mode)."""
+    sel = strategies.get(name)(make_context())
+    _check_selection(sel, make_context())
+    again = strategies.get(name)(make_context())
+    np.testing.assert_array_equal(sel.indices, again.indices)
+
+
+@pytest.mark.parametrize("name", strategies.sequential_names())
+def test_every_sequential_strategy_battery(name):
+    """Sequential mode asks for each chosen label once, in order, and returns them."""
+    asked = []
+
+    def label_fn(j):
+        asked.append(int(j))
+        return int(j) % 4
+
+    ctx = make_context(label_fn=label_fn)
+    sel = strategies.get(name)(ctx)
+    _check_selection(sel, ctx)
+    assert asked == [int(i) for i in sel.indices]
+    np.testing.assert_array_equal(sel.revealed, np.asarray(asked) % 4)
+
+
+def test_batch_only_strategy_refuses_a_label_fn():
+    with pytest.raises(ValueError, match="'entropy' has no sequential mode"):
+        strategies.get("entropy")(make_context(label_fn=lambda j: 0))
+
+
+def test_sequential_label_out_of_range_is_refused():
+    with pytest.raises(ValueError, match=r"label_fn returned 7 .* integers in \[0, 4\)"):
+        strategies.get("mlmoc")(make_context(label_fn=lambda j: 7))
