@@ -21,6 +21,7 @@ import re
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
+from flax import nnx
 
 from lookahead_jax.models.base import Model, Variables
 
@@ -183,8 +184,6 @@ def from_nnx(module, *, name: Optional[str] = None, embed: Optional[str] = None,
     Returns:
       ``(model, variables)``.
     """
-    from flax import nnx
-
     graphdef, params0, rngs0, state0 = nnx.split(module, nnx.Param, nnx.RngState, ...)
     streams = sorted({v.tag for _, v in nnx.to_flat_state(rngs0) if isinstance(v, nnx.RngKey)})
     has_dropout = any(isinstance(node, nnx.Dropout) for _, node in nnx.iter_graph(module))

@@ -7,8 +7,8 @@ the labels of the returned candidates through the oracle.
 
 The helpers here are the pieces strategies share, each written once: the top-k tail
 (:func:`select_top`), network outputs on device (:func:`predict`), class probabilities
-(:func:`probabilities`), the entropy formula (:func:`entropy`) and zero padding to a
-fixed capacity (:func:`pad_rows`).
+(:func:`probabilities`) and padding to a fixed capacity (:func:`pad_rows`); the entropy
+formula is :func:`lookahead_jax.numerics.entropy`.
 
 Probabilities. Networks trained with squared loss on one-hot targets output scores, not
 log-probabilities; like the paper (and the authors' code) we turn any network output into
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lookahead_jax.models import Bound, Model, apply_in_chunks
+from lookahead_jax.numerics import entropy  # noqa: F401  (re-exported for the strategies)
 
 PyTree = Any
 Array = jax.Array
@@ -204,14 +205,15 @@ def probabilities(ctx: AcquisitionContext) -> Array:
     return jax.nn.softmax(predict(ctx, ctx.x_candidates), -1)
 
 
-def entropy(probs: Array, axis: int = -1) -> Array:
-    """Shannon entropy −Σ p log p along ``axis`` (0 log 0 = 0)."""
-    return -jnp.sum(probs * jnp.log(jnp.clip(probs, 1e-30)), axis=axis)
+def pad_rows(a, rows: int, fill: str = "zeros") -> Array:
+    """``a`` padded along axis 0 to ``rows`` (fixed-shape buffers), on device.
 
-
-def pad_rows(a, rows: int) -> Array:
-    """``a`` zero-padded along axis 0 to ``rows`` (fixed-shape buffers), on device."""
+    ``fill``: ``"zeros"``, or ``"first"`` (copies of the first row: real inputs, so every
+    per-example quantity computed from the padding stays finite).
+    """
     a = jnp.asarray(a)
     if a.shape[0] == rows:
         return a
+    if fill == "first":
+        return jnp.concatenate([a, jnp.broadcast_to(a[:1], (rows - a.shape[0],) + a.shape[1:])])
     return jnp.zeros((rows,) + a.shape[1:], a.dtype).at[:a.shape[0]].set(a)

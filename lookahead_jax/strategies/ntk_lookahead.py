@@ -27,7 +27,8 @@ import numpy as np
 
 from lookahead_jax import lookahead as la
 from lookahead_jax import ntk
-from lookahead_jax.strategies.base import AcquisitionContext, Selection, predict, top_k
+from lookahead_jax.strategies.base import (AcquisitionContext, Selection, pad_rows, predict,
+                                           select_top)
 from lookahead_jax.strategies.options import OptionsError, RidgeOptions, positive
 from lookahead_jax.strategies.registry import register_strategy
 
@@ -75,18 +76,6 @@ class LookaheadOptions(RidgeOptions):
                                or self.kernel == "full"):
             raise OptionsError("block=False (the paper's 'NTK w/o Block') supports batch-mode "
                                "MLMOC with a scalar kernel and E = U only")
-
-
-def pad_labeled(x: Array, capacity: int) -> Array:
-    """``x`` ``(L, ...)`` padded to ``(capacity, ...)`` with copies of its first row.
-
-    Copies of a real input keep every per-example feature finite; the look-ahead system
-    ignores rows past the real L (:func:`~lookahead_jax.lookahead.build_system`).
-    """
-    x = jnp.asarray(x)
-    if x.shape[0] == capacity:
-        return x
-    return jnp.concatenate([x, jnp.broadcast_to(x[:1], (capacity - x.shape[0],) + x.shape[1:])])
 
 
 def _diagonal(k: Array) -> Array:
@@ -158,7 +147,9 @@ def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
                          "MLMOC only")
     U, L, q, C = ctx.num_candidates, ctx.num_labeled, ctx.query_size, ctx.num_classes
     N = max(ctx.capacity, L + (q if sequential else 0))
-    x_l = pad_labeled(ctx.x_labeled, N)
+    # copies of a real input keep the padding's NTK features finite; the look-ahead system
+    # ignores rows past the real L (lookahead.build_system)
+    x_l = pad_rows(ctx.x_labeled, N, fill="first")
     y_l = jnp.zeros((N,), jnp.int32).at[:L].set(jnp.asarray(ctx.y_labeled, jnp.int32))
     blocks, row_block = kernels(ctx, opts, x_l, streaming)
     jax.block_until_ready(blocks)
@@ -170,10 +161,9 @@ def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
         scores = la.augmented_system_scores(blocks["k_ll"], blocks["k_ul"], blocks["k_uu"],
                                             f_l, y_l, f_u, lam, opts.chunk_size,
                                             num_labeled=L)
-        info = dict(jitter=opts.jitter, kernel_s=t_kernel, **_top_score(scores, U))
-        idx = top_k(scores, q)
-        info["total_s"] = time.perf_counter() - t0
-        return Selection(indices=idx, scores=scores, info=info)
+        top = float(jax.device_get(jnp.max(scores))) / U
+        return select_top(ctx, scores, dict(jitter=opts.jitter, kernel_s=t_kernel,
+                                            top_score=top, total_s=time.perf_counter() - t0))
     f_e = None if opts.eval_x is None else predict(ctx, opts.eval_x)
     state, spec, info = la.build_system(
         y_l=y_l, f_l=f_l, f_u=f_u, f_e=f_e, num_classes=C, num_labeled=L, capacity=N,
@@ -187,11 +177,10 @@ def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
         else:
             scores, clamped = la.score_candidates(kind, spec, state)
         scores = scores[:U]
-        idx = top_k(scores, q)
         lam, clamped, top = jax.device_get((state.lam, clamped, jnp.max(scores) / E))
         info.update(clamped=int(clamped), total_s=time.perf_counter() - t0,
                     top_score=float(top), **{"lambda": float(lam)})
-        return Selection(indices=idx, scores=scores, info=info)
+        return select_top(ctx, scores, info)
     if opts.first_step == "linearised":
         state = state._replace(ref_u=state.lin_u, ref_e=state.lin_e)
     picked, labels, clamped_steps, first, first_clamped = [], [], [], None, None
@@ -228,10 +217,6 @@ def _ridge_jit(k_ll, n, jitter):
 def _ridge(k_ll: Array, n: int, jitter: float) -> Array:
     """λ = jitter · mean of the real diagonal of Θ(X, X) (as :func:`la.build_system`)."""
     return _ridge_jit(k_ll, jnp.int32(n), jnp.asarray(jitter, k_ll.dtype))
-
-
-def _top_score(scores: Array, num_eval: int) -> dict:
-    return {"top_score": float(jax.device_get(jnp.max(scores))) / num_eval}
 
 
 def _lookahead(kind: str, doc: str):
