@@ -125,6 +125,113 @@ def kernels(ctx: AcquisitionContext, opts: LookaheadOptions, x_labeled: Array,
     return out, row_block
 
 
+def _system(ctx: AcquisitionContext, opts: LookaheadOptions, extra: int, sequential: bool,
+            streaming: bool):
+    """Kernels and the padded, factored system of one cycle: ``(state, spec, info, rows)``.
+
+    ``extra``: labeled slots beyond the run's capacity (sequential steps add points).
+    """
+    t0 = time.perf_counter()
+    L, C = ctx.num_labeled, ctx.num_classes
+    N = max(ctx.capacity, L + extra)
+    # copies of a real input keep the padding's NTK features finite; the look-ahead system
+    # ignores rows past the real L (lookahead.build_system)
+    x_l = pad_rows(ctx.x_labeled, N, fill="first")
+    y_l = jnp.zeros((N,), jnp.int32).at[:L].set(jnp.asarray(ctx.y_labeled, jnp.int32))
+    blocks, row_block = kernels(ctx, opts, x_l, streaming)
+    jax.block_until_ready(blocks)
+    t_kernel = time.perf_counter() - t0
+    f_l = predict(ctx, x_l)
+    f_u = predict(ctx, ctx.x_candidates)
+    if not opts.block:
+        return blocks, None, dict(kernel_s=t_kernel, f_l=f_l, f_u=f_u, y_l=y_l), None
+    f_e = None if opts.eval_x is None else predict(ctx, opts.eval_x)
+    state, spec, info = la.build_system(
+        y_l=y_l, f_l=f_l, f_u=f_u, f_e=f_e, num_classes=C, num_labeled=L, capacity=N,
+        jitter=opts.jitter, u_floor=opts.u_floor, chunk_size=opts.chunk_size,
+        sequential=sequential, **blocks)
+    return state, spec, dict(info, kernel_s=t_kernel), row_block
+
+
+class LookaheadSession:
+    """A look-ahead system over one candidate set, stepped one label at a time, on device.
+
+    The sequential machinery (MATH.md, "Sequential mode") as an object: the kernels and the
+    factored system are built once; :meth:`best` picks the most informative available
+    candidate, :meth:`absorb` adds it with a label (the rank-one update: no new kernel
+    entries, no refactorisation) and re-scoring follows on the next :meth:`scores`;
+    :meth:`skip` withdraws a candidate without a label. The strategies' sequential mode
+    and the notebook labeler (:mod:`lookahead_jax.labeler`) run on it. Per step only the
+    chosen index leaves the device and only the label comes in.
+
+    Args:
+      ctx: the acquisition context (``ctx.options`` a :class:`LookaheadOptions`, or a
+        mapping / ``None``: parsed here).
+      kind: the score (``"mlmoc"``, ``"emoc"``, ``"eer"``, ``"label_flip"``).
+      max_steps: how many labels may be absorbed (labeled buffers are padded for them).
+    """
+
+    def __init__(self, ctx: AcquisitionContext, kind: str = "mlmoc", *,
+                 max_steps: Optional[int] = None):
+        if not isinstance(ctx.options, LookaheadOptions):
+            ctx = dataclasses.replace(ctx, options=LookaheadOptions.parse(ctx.options,
+                                                                          strategy=kind))
+        self.ctx, self.kind, self.opts = ctx, kind, ctx.options
+        self.max_steps = ctx.query_size if max_steps is None else int(max_steps)
+        self.state, self.spec, self.info, _ = _system(ctx, self.opts, self.max_steps, True,
+                                                      False)
+        if self.opts.first_step == "linearised":
+            self.state = self.state._replace(ref_u=self.state.lin_u, ref_e=self.state.lin_e)
+        self.steps = 0
+        self.num_eval = ctx.num_candidates if self.opts.eval_x is None else \
+            int(np.shape(self.opts.eval_x)[0])
+
+    def scores(self) -> tuple[Array, Array]:
+        """``((U,) scores, () number clamped)`` now; unavailable candidates score −inf.
+
+        Step 0 uses the reference the ``first_step`` option names; later steps the
+        linearised model f^lin of everything absorbed so far.
+        """
+        s, clamped = la.score_candidates(
+            self.kind, self.spec, self.state,
+            ref_is_lin=self.steps > 0 or self.opts.first_step == "linearised")
+        return s[:self.ctx.num_candidates], clamped
+
+    def best(self, scores: Optional[Array] = None) -> int:
+        """The available candidate with the highest score (one index to the host)."""
+        scores = self.scores()[0] if scores is None else scores
+        j, bad, top = jax.device_get((jnp.argmax(scores), jnp.any(jnp.isnan(scores)),
+                                      jnp.max(scores)))
+        if bad:
+            raise FloatingPointError(f"look-ahead scores at step {self.steps} are NaN")
+        if top == -np.inf:
+            raise ValueError("no candidate is left to pick")
+        return int(j)
+
+    def absorb(self, j: int, label: int) -> None:
+        """Adds candidate ``j`` with ``label`` to the system (Eq. 12's rank-one update)."""
+        if self.steps >= self.max_steps:
+            raise ValueError(f"the session holds at most {self.max_steps} new labels")
+        C = self.ctx.num_classes
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or \
+                not 0 <= int(label) < C:
+            raise ValueError(f"label {label!r} for candidate {j} is not an integer in [0, {C})")
+        if not 0 <= int(j) < self.ctx.num_candidates:
+            raise ValueError(f"candidate {j} is outside [0, {self.ctx.num_candidates})")
+        self.state = la.add_labeled(self.spec, self.state, jnp.int32(j), jnp.int32(label))
+        self.steps += 1
+
+    def skip(self, j: int) -> None:
+        """Withdraws candidate ``j`` (never picked again; it stays an evaluation point)."""
+        self.state = self.state._replace(available=self.state.available.at[int(j)].set(False))
+
+    def linearised_predictions(self) -> Array:
+        """f^lin on the evaluation set after every absorbed label, ``(E, C)``."""
+        st, spec = self.state, self.spec
+        lin = st.lin_u if spec.eval_is_cand else st.lin_e
+        return lin.reshape(-1, spec.num_classes)[:self.num_eval]
+
+
 def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
     """One look-ahead acquisition (batch, or sequential when ``ctx.label_fn`` is given).
 
@@ -141,69 +248,59 @@ def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
     opts: LookaheadOptions = ctx.options
     t0 = time.perf_counter()
     sequential = ctx.label_fn is not None
-    streaming = opts.streaming and not sequential
     if not opts.block and (kind != "mlmoc" or sequential):
         raise ValueError("block=False (the paper's 'NTK w/o Block') supports batch-mode "
                          "MLMOC only")
-    U, L, q, C = ctx.num_candidates, ctx.num_labeled, ctx.query_size, ctx.num_classes
-    N = max(ctx.capacity, L + (q if sequential else 0))
-    # copies of a real input keep the padding's NTK features finite; the look-ahead system
-    # ignores rows past the real L (lookahead.build_system)
-    x_l = pad_rows(ctx.x_labeled, N, fill="first")
-    y_l = jnp.zeros((N,), jnp.int32).at[:L].set(jnp.asarray(ctx.y_labeled, jnp.int32))
-    blocks, row_block = kernels(ctx, opts, x_l, streaming)
-    jax.block_until_ready(blocks)
-    t_kernel = time.perf_counter() - t0
-    f_l = predict(ctx, x_l)
-    f_u = predict(ctx, ctx.x_candidates)
+    U = ctx.num_candidates
+    if sequential:
+        return _sequential(LookaheadSession(ctx, kind), t0)
+    streaming = opts.streaming
+    state, spec, info, row_block = _system(ctx, opts, 0, False, streaming)
     if not opts.block:
-        lam = _ridge(blocks["k_ll"], L, opts.jitter)
+        blocks = state
+        lam = _ridge(blocks["k_ll"], ctx.num_labeled, opts.jitter)
         scores = la.augmented_system_scores(blocks["k_ll"], blocks["k_ul"], blocks["k_uu"],
-                                            f_l, y_l, f_u, lam, opts.chunk_size,
-                                            num_labeled=L)
+                                            info["f_l"], info["y_l"], info["f_u"], lam,
+                                            opts.chunk_size, num_labeled=ctx.num_labeled)
         top = float(jax.device_get(jnp.max(scores))) / U
-        return select_top(ctx, scores, dict(jitter=opts.jitter, kernel_s=t_kernel,
+        return select_top(ctx, scores, dict(jitter=opts.jitter, kernel_s=info["kernel_s"],
                                             top_score=top, total_s=time.perf_counter() - t0))
-    f_e = None if opts.eval_x is None else predict(ctx, opts.eval_x)
-    state, spec, info = la.build_system(
-        y_l=y_l, f_l=f_l, f_u=f_u, f_e=f_e, num_classes=C, num_labeled=L, capacity=N,
-        jitter=opts.jitter, u_floor=opts.u_floor, chunk_size=opts.chunk_size,
-        sequential=sequential, **blocks)
-    info = dict(info, kernel_s=t_kernel)
     E = U if opts.eval_x is None else int(np.shape(opts.eval_x)[0])
-    if not sequential:
-        if streaming:
-            scores, clamped = la.streaming_scores(kind, spec, state, row_block)
-        else:
-            scores, clamped = la.score_candidates(kind, spec, state)
-        scores = scores[:U]
-        lam, clamped, top = jax.device_get((state.lam, clamped, jnp.max(scores) / E))
-        info.update(clamped=int(clamped), total_s=time.perf_counter() - t0,
-                    top_score=float(top), **{"lambda": float(lam)})
-        return select_top(ctx, scores, info)
-    if opts.first_step == "linearised":
-        state = state._replace(ref_u=state.lin_u, ref_e=state.lin_e)
+    if streaming:
+        scores, clamped = la.streaming_scores(kind, spec, state, row_block)
+    else:
+        scores, clamped = la.score_candidates(kind, spec, state)
+    scores = scores[:U]
+    lam, clamped, top = jax.device_get((state.lam, clamped, jnp.max(scores) / E))
+    info.update(clamped=int(clamped), total_s=time.perf_counter() - t0,
+                top_score=float(top), **{"lambda": float(lam)})
+    return select_top(ctx, scores, info)
+
+
+def _sequential(session: LookaheadSession, t0: float) -> Selection:
+    """The paper's sequential mode: pick, ask ``label_fn`` for the TRUE label, absorb."""
+    ctx = session.ctx
     picked, labels, clamped_steps, first, first_clamped = [], [], [], None, None
-    for t in range(q):
-        scores, clamped = la.score_candidates(
-            kind, spec, state, ref_is_lin=t > 0 or opts.first_step == "linearised")
-        j, bad = jax.device_get((jnp.argmax(scores), jnp.any(jnp.isnan(scores))))
-        if bad:
-            raise FloatingPointError(f"look-ahead scores at sequential step {t} are NaN")
+    for _ in range(ctx.query_size):
+        scores, clamped = session.scores()
+        j = session.best(scores)
         if first is None:
-            first, first_clamped = scores[:U], clamped
+            first, first_clamped = scores, clamped
         clamped_steps.append(clamped)
-        y = int(ctx.label_fn(int(j)))
-        if not 0 <= y < C:
-            raise ValueError(f"label_fn returned {y} for candidate {int(j)}; labels must be "
-                             f"integers in [0, {C})")
-        picked.append(int(j))
-        labels.append(y)
-        state = la.add_labeled(spec, state, jnp.int32(j), jnp.int32(y))
-    lam, c0, call, top = jax.device_get((state.lam, first_clamped, jnp.sum(jnp.stack(
-        clamped_steps)), jnp.max(first) / E))
-    info.update(clamped=int(c0), clamped_all_steps=int(call), top_score=float(top),
-                total_s=time.perf_counter() - t0, **{"lambda": float(lam)})
+        y = ctx.label_fn(j)
+        if isinstance(y, bool) or not isinstance(y, (int, np.integer)) or \
+                not 0 <= int(y) < ctx.num_classes:
+            raise ValueError(f"label_fn returned {y!r} for candidate {j}; labels must be "
+                             f"integers in [0, {ctx.num_classes})")
+        session.absorb(j, int(y))
+        picked.append(j)
+        labels.append(int(y))
+    lam, c0, call, top = jax.device_get((session.state.lam, first_clamped,
+                                         jnp.sum(jnp.stack(clamped_steps)),
+                                         jnp.max(first) / session.num_eval))
+    info = dict(session.info, clamped=int(c0), clamped_all_steps=int(call),
+                top_score=float(top), total_s=time.perf_counter() - t0,
+                **{"lambda": float(lam)})
     return Selection(indices=np.asarray(picked, np.int64), scores=first,
                      revealed=np.asarray(labels, np.int64), info=info)
 
