@@ -12,6 +12,11 @@ Sequential mode (``ctx.label_fn`` given): ``query_size`` steps of pick the best 
 candidate → ``label_fn(j)`` (its TRUE label) → :func:`~lookahead_jax.lookahead.add_labeled`
 (rank-one update, no new kernel entries) → re-score. Only the index leaves the device and
 only the label comes in, per step.
+
+Greedy batch mode (option ``batch_mode="greedy"``, beyond the paper): the same steps with
+the pick's *pseudo*-label in place of the true one, so a batch is chosen with each pick
+already counted as if labelled (the paper takes the top ``query_size`` batch scores, with
+no batch diversity). O(U² + nU) per pick, no new kernel entries.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -43,10 +48,18 @@ class LookaheadOptions(RidgeOptions):
       kernel: which empirical NTK: ``"first_logit"`` (the paper's single-logit kernel,
         used as Θ ⊗ I_C), ``"sum_logits"``, ``"trace"`` or ``"full"`` (all C × C logit
         pairs; Schur complements become C × C blocks).
-      first_step: sequential mode's reference at step 0: ``"network"`` (the paper: scores
-        and pseudo-labels from f_L, so step 0 equals the batch scores) or
+      first_step: sequential (and greedy) mode's reference at step 0: ``"network"`` (the
+        paper: scores and pseudo-labels from f_L, so step 0 equals the batch scores) or
         ``"linearised"`` (the linearised model f^lin_L throughout, as every later step
         uses); the two differ when f_L does not fit its labels (r ≠ 0).
+      batch_mode: how a batch (no ``label_fn``) is chosen: ``"topk"`` (the paper: the top
+        ``query_size`` scores, no diversity term) or ``"greedy"`` (batch-aware: pick the
+        best candidate, absorb it into the kernel system with its pseudo-label through the
+        sequential rank-one update, re-score the rest, ``query_size`` times; see
+        :meth:`LookaheadSession.pseudo_label` for which label). Greedy holds Θ(U, U) and
+        the U × U matrix A (twice batch mode's memory) and costs O(U² + nU) per pick;
+        ``Selection.scores`` are then the step-0 scores. Sequential mode (``label_fn``
+        given) absorbs the true labels instead, so this option does not change it.
       streaming: never hold Θ(U, U) (batch mode only): score from row blocks computed on
         demand (the whole-pool path).
       block: ``False`` solves every augmented system instead of Eq. 12 (the paper's
@@ -62,6 +75,7 @@ class LookaheadOptions(RidgeOptions):
 
     kernel: Literal["first_logit", "sum_logits", "trace", "full"] = "first_logit"
     first_step: Literal["network", "linearised"] = "network"
+    batch_mode: Literal["topk", "greedy"] = "topk"
     streaming: bool = False
     block: bool = True
     ntk_implementation: Literal["auto", "structured", "jacobian", "jvp_vjp"] = "auto"
@@ -76,6 +90,9 @@ class LookaheadOptions(RidgeOptions):
                                or self.kernel == "full"):
             raise OptionsError("block=False (the paper's 'NTK w/o Block') supports batch-mode "
                                "MLMOC with a scalar kernel and E = U only")
+        if self.batch_mode == "greedy" and (self.streaming or not self.block):
+            raise OptionsError("batch_mode='greedy' updates the kernel system in memory: it "
+                               "needs block=True and streaming=False")
 
 
 def _diagonal(k: Array) -> Array:
@@ -153,6 +170,24 @@ def _system(ctx: AcquisitionContext, opts: LookaheadOptions, extra: int, sequent
     return state, spec, dict(info, kernel_s=t_kernel), row_block
 
 
+class Steps(NamedTuple):
+    """What :meth:`LookaheadSession.run` did, step by step (host arrays, small).
+
+    Attributes:
+      indices: ``(steps,)`` int64 candidate positions, in pick order.
+      labels: ``(steps,)`` int64 labels absorbed (true or pseudo).
+      first_scores: ``(U,)`` the step-0 scores (device).
+      first_clamped: Schur complements clamped at step 0.
+      clamped_all_steps: summed over the steps.
+    """
+
+    indices: np.ndarray
+    labels: np.ndarray
+    first_scores: Array
+    first_clamped: int
+    clamped_all_steps: int
+
+
 class LookaheadSession:
     """A look-ahead system over one candidate set, stepped one label at a time, on device.
 
@@ -160,9 +195,10 @@ class LookaheadSession:
     factored system are built once; :meth:`best` picks the most informative available
     candidate, :meth:`absorb` adds it with a label (the rank-one update: no new kernel
     entries, no refactorisation) and re-scoring follows on the next :meth:`scores`;
-    :meth:`skip` withdraws a candidate without a label. The strategies' sequential mode
-    and the notebook labeler (:mod:`lookahead_jax.labeler`) run on it. Per step only the
-    chosen index leaves the device and only the label comes in.
+    :meth:`skip` withdraws a candidate without a label; :meth:`run` does ``steps`` of
+    pick → label → absorb, with true labels (sequential mode) or pseudo-labels (greedy
+    batch mode). The strategies' sequential and greedy modes and the notebook labeler run
+    on it. Per step only the chosen index leaves the device and only the label comes in.
 
     Args:
       ctx: the acquisition context (``ctx.options`` a :class:`LookaheadOptions`, or a
@@ -176,15 +212,41 @@ class LookaheadSession:
         if not isinstance(ctx.options, LookaheadOptions):
             ctx = dataclasses.replace(ctx, options=LookaheadOptions.parse(ctx.options,
                                                                           strategy=kind))
-        self.ctx, self.kind, self.opts = ctx, kind, ctx.options
-        self.max_steps = ctx.query_size if max_steps is None else int(max_steps)
-        self.state, self.spec, self.info, _ = _system(ctx, self.opts, self.max_steps, True,
-                                                      False)
-        if self.opts.first_step == "linearised":
-            self.state = self.state._replace(ref_u=self.state.lin_u, ref_e=self.state.lin_e)
+        max_steps = ctx.query_size if max_steps is None else int(max_steps)
+        state, spec, info, _ = _system(ctx, ctx.options, max_steps, True, False)
+        num_eval = ctx.num_candidates if ctx.options.eval_x is None else \
+            int(np.shape(ctx.options.eval_x)[0])
+        self._setup(state, spec, info, kind, ctx.options, max_steps, ctx.num_candidates,
+                    num_eval)
+        self.ctx = ctx
+
+    @classmethod
+    def from_system(cls, state: la.LookaheadState, spec: la.Spec, kind: str = "mlmoc", *,
+                    num_candidates: int, max_steps: int,
+                    options: Optional[LookaheadOptions] = None,
+                    num_eval: Optional[int] = None) -> "LookaheadSession":
+        """A session on an already built sequential-mode system (kernels from elsewhere).
+
+        ``state``, ``spec``: from :func:`lookahead.build_system` with ``sequential=True`` and
+        a capacity of at least L + ``max_steps``; ``num_candidates``: the real U (before
+        chunk padding); ``options``: only ``first_step`` is read (default: the defaults).
+        """
+        if state.a_uu is None:
+            raise ValueError("the system was not built with sequential=True")
+        opts = LookaheadOptions() if options is None else options
+        self = cls.__new__(cls)
+        self._setup(state, spec, {}, kind, opts, int(max_steps), int(num_candidates),
+                    int(num_candidates if num_eval is None else num_eval))
+        self.ctx = None
+        return self
+
+    def _setup(self, state, spec, info, kind, opts, max_steps, num_candidates, num_eval):
+        self.state, self.spec, self.info = state, spec, info
+        self.kind, self.opts, self.max_steps = kind, opts, max_steps
+        self.num_candidates, self.num_eval = num_candidates, num_eval
         self.steps = 0
-        self.num_eval = ctx.num_candidates if self.opts.eval_x is None else \
-            int(np.shape(self.opts.eval_x)[0])
+        if opts.first_step == "linearised":
+            self.state = self.state._replace(ref_u=self.state.lin_u, ref_e=self.state.lin_e)
 
     def scores(self) -> tuple[Array, Array]:
         """``((U,) scores, () number clamped)`` now; unavailable candidates score −inf.
@@ -195,7 +257,7 @@ class LookaheadSession:
         s, clamped = la.score_candidates(
             self.kind, self.spec, self.state,
             ref_is_lin=self.steps > 0 or self.opts.first_step == "linearised")
-        return s[:self.ctx.num_candidates], clamped
+        return s[:self.num_candidates], clamped
 
     def best(self, scores: Optional[Array] = None) -> int:
         """The available candidate with the highest score (one index to the host)."""
@@ -208,22 +270,60 @@ class LookaheadSession:
             raise ValueError("no candidate is left to pick")
         return int(j)
 
+    def pseudo_label(self, j: int) -> int:
+        """The pseudo-label of candidate ``j`` that its current score used.
+
+        argmax of its reference prediction now: f_L(x′_j) at step 0 with
+        ``first_step="network"`` (MLMOC's y′ = argmax f_L(x′), Eq. 13), otherwise the
+        linearised model f^lin of the labeled set plus everything absorbed so far. MLMOC and
+        label-flip score exactly this label; EMOC and EER average over labels, and this is
+        their most likely one.
+        """
+        ref = self.state.ref_u.reshape(-1, self.spec.num_classes)
+        return int(jax.device_get(jnp.argmax(ref[int(j)])))
+
     def absorb(self, j: int, label: int) -> None:
         """Adds candidate ``j`` with ``label`` to the system (Eq. 12's rank-one update)."""
         if self.steps >= self.max_steps:
             raise ValueError(f"the session holds at most {self.max_steps} new labels")
-        C = self.ctx.num_classes
+        C = self.spec.num_classes
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or \
                 not 0 <= int(label) < C:
             raise ValueError(f"label {label!r} for candidate {j} is not an integer in [0, {C})")
-        if not 0 <= int(j) < self.ctx.num_candidates:
-            raise ValueError(f"candidate {j} is outside [0, {self.ctx.num_candidates})")
+        if not 0 <= int(j) < self.num_candidates:
+            raise ValueError(f"candidate {j} is outside [0, {self.num_candidates})")
         self.state = la.add_labeled(self.spec, self.state, jnp.int32(j), jnp.int32(label))
         self.steps += 1
 
     def skip(self, j: int) -> None:
         """Withdraws candidate ``j`` (never picked again; it stays an evaluation point)."""
         self.state = self.state._replace(available=self.state.available.at[int(j)].set(False))
+
+    def run(self, steps: int, label_fn: Optional[Callable[[int], int]] = None) -> Steps:
+        """``steps`` times: pick the best candidate, label it, absorb it, re-score.
+
+        ``label_fn(j)``: the TRUE label of candidate ``j`` (sequential mode, asked once per
+        pick, in pick order); ``None``: its :meth:`pseudo_label` (greedy batch mode).
+        """
+        picked, labels, clamped_steps, first, first_clamped = [], [], [], None, None
+        C = self.spec.num_classes
+        for _ in range(int(steps)):
+            scores, clamped = self.scores()
+            j = self.best(scores)
+            if first is None:
+                first, first_clamped = scores, clamped
+            clamped_steps.append(clamped)
+            y = self.pseudo_label(j) if label_fn is None else label_fn(j)
+            if isinstance(y, bool) or not isinstance(y, (int, np.integer)) or \
+                    not 0 <= int(y) < C:
+                raise ValueError(f"label_fn returned {y!r} for candidate {j}; labels must be "
+                                 f"integers in [0, {C})")
+            self.absorb(j, int(y))
+            picked.append(j)
+            labels.append(int(y))
+        c0, call = jax.device_get((first_clamped, jnp.sum(jnp.stack(clamped_steps))))
+        return Steps(indices=np.asarray(picked, np.int64), labels=np.asarray(labels, np.int64),
+                     first_scores=first, first_clamped=int(c0), clamped_all_steps=int(call))
 
     def linearised_predictions(self) -> Array:
         """f^lin on the evaluation set after every absorbed label, ``(E, C)``."""
@@ -235,10 +335,12 @@ class LookaheadSession:
 def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
     """One look-ahead acquisition (batch, or sequential when ``ctx.label_fn`` is given).
 
-    Batch selection is the top ``query_size`` scores (no diversity term). Sequential:
-    ``Selection.indices`` are in pick order, ``revealed`` the labels, and ``scores`` the
-    step-0 scores (later picks used re-scored values, so ``indices`` need not be the
-    top-k of ``scores``).
+    Batch selection with ``batch_mode="topk"`` (the default, the paper) is the top
+    ``query_size`` scores (no diversity term); with ``"greedy"`` each pick is absorbed
+    with its pseudo-label and the rest re-scored before the next pick. Sequential (and
+    greedy): ``Selection.indices`` are in pick order, ``revealed`` the true labels
+    (sequential only), and ``scores`` the step-0 scores (later picks used re-scored
+    values, so ``indices`` need not be the top-k of ``scores``).
 
     ``info``: ``jitter`` (relative), ``lambda`` (absolute), ``u_floor``, ``clamped``
     (Schur complements clamped at step 0 / in the batch), ``clamped_all_steps``,
@@ -252,8 +354,8 @@ def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
         raise ValueError("block=False (the paper's 'NTK w/o Block') supports batch-mode "
                          "MLMOC only")
     U = ctx.num_candidates
-    if sequential:
-        return _sequential(LookaheadSession(ctx, kind), t0)
+    if sequential or opts.batch_mode == "greedy":
+        return _stepwise(LookaheadSession(ctx, kind), ctx.label_fn, t0)
     streaming = opts.streaming
     state, spec, info, row_block = _system(ctx, opts, 0, False, streaming)
     if not opts.block:
@@ -277,32 +379,16 @@ def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
     return select_top(ctx, scores, info)
 
 
-def _sequential(session: LookaheadSession, t0: float) -> Selection:
-    """The paper's sequential mode: pick, ask ``label_fn`` for the TRUE label, absorb."""
-    ctx = session.ctx
-    picked, labels, clamped_steps, first, first_clamped = [], [], [], None, None
-    for _ in range(ctx.query_size):
-        scores, clamped = session.scores()
-        j = session.best(scores)
-        if first is None:
-            first, first_clamped = scores, clamped
-        clamped_steps.append(clamped)
-        y = ctx.label_fn(j)
-        if isinstance(y, bool) or not isinstance(y, (int, np.integer)) or \
-                not 0 <= int(y) < ctx.num_classes:
-            raise ValueError(f"label_fn returned {y!r} for candidate {j}; labels must be "
-                             f"integers in [0, {ctx.num_classes})")
-        session.absorb(j, int(y))
-        picked.append(j)
-        labels.append(int(y))
-    lam, c0, call, top = jax.device_get((session.state.lam, first_clamped,
-                                         jnp.sum(jnp.stack(clamped_steps)),
-                                         jnp.max(first) / session.num_eval))
-    info = dict(session.info, clamped=int(c0), clamped_all_steps=int(call),
-                top_score=float(top), total_s=time.perf_counter() - t0,
-                **{"lambda": float(lam)})
-    return Selection(indices=np.asarray(picked, np.int64), scores=first,
-                     revealed=np.asarray(labels, np.int64), info=info)
+def _stepwise(session: LookaheadSession, label_fn, t0: float) -> Selection:
+    """Sequential mode (``label_fn``: TRUE labels, the paper) or greedy batch mode
+    (``label_fn`` None: pseudo-labels): ``query_size`` picks, each absorbed before the next."""
+    run = session.run(session.ctx.query_size, label_fn)
+    lam, top = jax.device_get((session.state.lam, jnp.max(run.first_scores) / session.num_eval))
+    info = dict(session.info, clamped=run.first_clamped,
+                clamped_all_steps=run.clamped_all_steps, top_score=float(top),
+                total_s=time.perf_counter() - t0, **{"lambda": float(lam)})
+    return Selection(indices=run.indices, scores=run.first_scores,
+                     revealed=None if label_fn is None else run.labels, info=info)
 
 
 @jax.jit
