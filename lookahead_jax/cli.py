@@ -37,6 +37,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lookahead_jax import configs, data, loop, train
+from lookahead_jax.oracles import LabelsNeeded
 
 FLAGS = flags.FLAGS
 
@@ -135,10 +136,24 @@ def summary_table(curves: Mapping[str, Sequence[dict]]) -> str:
     lines = [head, "-" * len(head)]
     for c in range(n):
         first = next(v[c] for v in curves.values() if len(v) > c)
-        cells = [f"{100 * v[c]['test_accuracy']:15.2f}%" if len(v) > c else " " * 16
-                 for v in curves.values()]
+        cells = [(f"{100 * v[c]['test_accuracy']:15.2f}%" if v[c]["test_accuracy"] is not None
+                  else f"{'n/a':>16}") if len(v) > c else " " * 16 for v in curves.values()]
         lines.append(f"{c + 1:>5} {first['num_labeled']:>8} " + " ".join(cells))
     return "\n".join(lines)
+
+
+def _kept(workdir: Optional[str], names: Sequence[str]) -> str:
+    """What survives an interrupted run, said truthfully."""
+    done = []
+    for s in names or ():
+        state = os.path.join(workdir or "", s, "state.json")
+        if workdir and os.path.exists(state):
+            done.append(s)
+    if not done:
+        return "no cycle had finished, so nothing is kept yet; the same command starts again"
+    return (f"finished cycles are kept in {os.path.abspath(workdir)} ({', '.join(done)}); "
+            "the same command resumes from there (after changing a setting, use a new "
+            "--workdir)")
 
 
 def _fail(message: str, code: int) -> None:
@@ -164,18 +179,23 @@ def main(argv: Sequence[str]) -> None:
         workdir = _WORKDIR.value or os.path.join(
             "runs", f"{config.dataset}_{config.model}_seed{config.seed}")
         results = loop.run_strategies(config, names, workdir)
+    except LabelsNeeded as e:                            # people answer first: not an error
+        print(f"\n{e.instructions()}")
+        if len(names) > 1:
+            print(f"(strategies run in order: {', '.join(names)}; the others follow)")
+        return
     except (ValueError, TypeError, ImportError) as e:   # bad input or a missing extra
         _fail(str(e), 2)
     except FloatingPointError as e:                     # diverged training, bad scores
-        _fail(f"{e}\nfinished cycles are kept in {os.path.abspath(workdir)}; the same "
-              "command resumes from there (after changing a setting, use a new --workdir)", 1)
+        _fail(f"{e}\n{_kept(workdir, names)}", 1)
     except KeyboardInterrupt:
-        where = f" in {os.path.abspath(workdir)}" if workdir else ""
-        print(f"\ninterrupted: finished cycles are kept{where}; the same command resumes",
-              file=sys.stderr)
+        print(f"\ninterrupted: {_kept(workdir, names)}", file=sys.stderr)
         sys.exit(130)
     print()
     print(summary_table({s: r.metrics for s, r in results.items()}))
+    for s, r in results.items():
+        if r.stopped:
+            print(f"{s}: stopped at cycle {r.stopped['cycle'] + 1} by {r.stopped['by']}")
     print(f"\nrecords: {os.path.abspath(workdir)}")
     print(f"plot:    {os.path.abspath(os.path.join(workdir, 'learning_curves.png'))}")
 

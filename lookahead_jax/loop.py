@@ -1,43 +1,52 @@
 """The pool-based active-learning loop (the paper's Algorithm 1), resumable.
 
 One cycle (:func:`run_cycle`): train f_L on the labeled set (warm or cold start),
-evaluate on the test split, draw a random candidate subset of the unlabeled pool, score it
-with the strategy, select ``query_size`` points, reveal their labels through the
-:class:`Oracle`, record. The last cycle trains and evaluates only, so ``cycles`` cycles
-reveal ``(cycles - 1) · query_size`` labels. :func:`run` sets a run up (validation before
-any training, the model, the workdir) and drives the cycles.
+evaluate it, check the stopping criteria, draw a random candidate subset of the
+unlabeled pool, score it with the strategy, select ``query_size`` points, reveal their
+labels through the oracle, record. The last cycle trains and evaluates only, so
+``cycles`` cycles reveal ``(cycles - 1) · query_size`` labels. :func:`run` sets a run up
+(:func:`setup`: everything validated before any training or any question to the oracle),
+opens its workdir (:mod:`lookahead_jax.workdir`: locked, checked, repaired) and drives
+the cycles.
 
 Any :class:`~lookahead_jax.models.Model` runs here: pass ``model=`` (a Flax NNX or linen
 module through its adapter, an Equinox model, a plain function), or name a built-in
-network in ``LoopConfig.model``.
+network in ``LoopConfig.model``. The pool may be a benchmark or a user's own data whose
+labels are partly unknown (:mod:`lookahead_jax.data`); people answer through files or a
+notebook (:mod:`lookahead_jax.oracles`, :mod:`lookahead_jax.labeler`).
 
-State (:class:`ALState`) is an immutable pytree over the *fixed* training pool: a
-labeled mask and the labels revealed so far, so shapes never change across cycles.
-Everything needed to continue lives in the workdir (see :mod:`lookahead_jax.records`):
-running the same config on the same workdir resumes after the last finished cycle and
-reproduces the queried indices and accuracies of an uninterrupted run. Randomness comes
-from one key tree (:mod:`lookahead_jax.rng`).
+State (:class:`ALState`) is an immutable pytree over the *fixed* pool: a labeled mask and
+the labels revealed so far, so shapes never change across cycles. Running the same config
+on the same workdir resumes after the last finished cycle and reproduces the queried
+indices and accuracies of an uninterrupted run. Randomness comes from one key tree
+(:mod:`lookahead_jax.rng`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 import typing
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
-from flax import serialization, struct
+from flax import struct
+from tensorboardX import SummaryWriter
+from tqdm.auto import tqdm
 
-from lookahead_jax import data, models, records, rng, strategies
+from lookahead_jax import data, models, records, rng, stopping, strategies
 from lookahead_jax import train as train_lib
 from lookahead_jax.models import Model, Variables
+from lookahead_jax.oracles import DatasetOracle, FileOracle, LabelsNeeded, Oracle
+from lookahead_jax.workdir import Workdir, fingerprint
 
 PyTree = Any
+
+__all__ = ["LoopConfig", "Oracle", "DatasetOracle", "FileOracle", "LabelsNeeded", "run",
+           "run_strategies", "setup", "run_cycle", "validate_config", "RunResult"]
 
 
 # ----------------------------------------------------------------------------- config
@@ -65,6 +74,16 @@ class LoopConfig:
       seed: seeds the initial draw, the candidate subsets, initialisation and shuffling.
       data_dir, manual_dir, download: passed to ``data.load_dataset``.
       max_train, max_test: optional seeded subsampling of the splits (quick runs).
+      initial_set: ``"auto"``: the pool's given labels when it has any (a user's own
+        data), else a seeded random draw of ``initial_size`` answered by the oracle;
+        ``"random"``: always the random draw.
+      oracle: who answers: ``"simulated"`` (labels known in advance) or ``"files"``
+        (people: request and answer CSV files in the workdir, see
+        :mod:`lookahead_jax.oracles`).
+      stop: stopping criteria, comma separated (:mod:`lookahead_jax.stopping`); the run
+        ends when one fires. Empty: run all cycles.
+      stop_options: ``{criterion: {option: value}}``.
+      stop_set_size: items of the fixed random stop set some criteria read.
       train: the per-cycle training settings.
     """
 
@@ -84,6 +103,11 @@ class LoopConfig:
     download: bool = False
     max_train: Optional[int] = None
     max_test: Optional[int] = None
+    initial_set: str = "auto"
+    oracle: str = "simulated"
+    stop: str = ""
+    stop_options: tuple = ()
+    stop_set_size: int = 1000
     train: train_lib.TrainConfig = train_lib.TrainConfig()
 
     def __post_init__(self):
@@ -92,12 +116,23 @@ class LoopConfig:
             if isinstance(v, Mapping):
                 object.__setattr__(self, key, tuple(sorted((k, _hashable(x))
                                                            for k, x in v.items())))
+        if isinstance(self.stop_options, Mapping):
+            object.__setattr__(self, "stop_options", tuple(sorted(
+                (str(c), tuple(sorted((k, _hashable(x)) for k, x in dict(o).items())))
+                for c, o in self.stop_options.items())))
         for name in ("dataset", "model", "strategy"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got "
                                  f"{getattr(self, name)!r}")
+        for name, allowed in (("initial_set", ("auto", "random")),
+                              ("oracle", ("simulated", "files"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got "
+                                 f"{getattr(self, name)!r}")
+        if not isinstance(self.stop, str):
+            raise ValueError(f"stop must be a comma-separated string, got {self.stop!r}")
         for name in ("cycles", "initial_size", "query_size", "subset_size", "seed",
-                     "max_train", "max_test"):
+                     "max_train", "max_test", "stop_set_size"):
             v = getattr(self, name)
             if v is None and name in ("max_train", "max_test"):
                 continue
@@ -117,6 +152,7 @@ class LoopConfig:
         d = dataclasses.asdict(self)
         d["model_kwargs"] = {k: _jsonable(v) for k, v in self.model_kwargs}
         d["strategy_options"] = {k: _jsonable(v) for k, v in self.strategy_options}
+        d["stop_options"] = {c: {k: _jsonable(v) for k, v in o} for c, o in self.stop_options}
         return d
 
     def to_config_dict(self):
@@ -133,7 +169,9 @@ class LoopConfig:
                 if dataclasses.is_dataclass(getattr(obj, f.name)):
                     v = convert(getattr(obj, f.name), v)
                 elif isinstance(v, dict):
-                    v = ml_collections.ConfigDict({k: _hashable(x) for k, x in v.items()})
+                    v = ml_collections.ConfigDict({k: (ml_collections.ConfigDict(x) if
+                                                       isinstance(x, dict) else _hashable(x))
+                                                   for k, x in v.items()})
                 elif v is None:
                     inner = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
                     v = ml_collections.config_dict.placeholder(inner[0] if inner else str)
@@ -168,19 +206,23 @@ def _hashable(v):
     return tuple(v) if isinstance(v, list) else v
 
 
-def labeled_capacity(config: LoopConfig) -> int:
+def labeled_capacity(config: LoopConfig, num_initial: Optional[int] = None) -> int:
     """The largest labeled-set size the run reaches: initial + (cycles − 1) · query."""
-    return config.initial_size + (config.cycles - 1) * config.query_size
+    n0 = config.initial_size if num_initial is None else num_initial
+    return n0 + (config.cycles - 1) * config.query_size
 
 
-def effective_subset_size(config: LoopConfig, pool_size: int) -> int:
+def effective_subset_size(config: LoopConfig, pool_size: int,
+                          num_initial: Optional[int] = None) -> int:
     """Candidates scored per cycle: ``subset_size``, capped by the pool's last acquisition."""
-    last_unlabeled = pool_size - config.initial_size - max(0, config.cycles - 2) * config.query_size
+    n0 = config.initial_size if num_initial is None else num_initial
+    last_unlabeled = pool_size - n0 - max(0, config.cycles - 2) * config.query_size
     return min(config.subset_size, last_unlabeled)
 
 
 def validate_config(config: LoopConfig, pool_size: Optional[int] = None, *,
-                    model: Optional[Model] = None) -> strategies.Options:
+                    model: Optional[Model] = None,
+                    num_initial: Optional[int] = None) -> strategies.Options:
     """Raises ``ValueError`` naming the problem for any config that cannot run.
 
     Checks names (dataset, model and its options, strategy), the strategy's options
@@ -201,43 +243,101 @@ def validate_config(config: LoopConfig, pool_size: Optional[int] = None, *,
     if config.sequential and not strategy.sequential:
         raise ValueError(f"strategy {config.strategy!r} has no sequential mode; sequential "
                          f"strategies: {', '.join(strategies.sequential_names())}")
+    criteria = stopping.parse(config.stop, {c: dict(o) for c, o in config.stop_options})
+    if any(c.phase == "selection" for c, _ in criteria) and \
+            config.strategy not in stopping.LOOKAHEAD_STRATEGIES:
+        raise ValueError(f"stopping criterion 'lookahead' needs a look-ahead strategy "
+                         f"({', '.join(stopping.LOOKAHEAD_STRATEGIES)}), not "
+                         f"{config.strategy!r}")
     if config.query_size > config.subset_size:
         raise ValueError(f"query_size ({config.query_size}) is larger than subset_size "
                          f"({config.subset_size}): cannot select more points than are scored")
     if pool_size is not None:
-        need = labeled_capacity(config)
+        n0 = config.initial_size if num_initial is None else num_initial
+        need = labeled_capacity(config, n0)
+        what = "initial_size" if num_initial is None else "the given labels"
         if need > pool_size:
             raise ValueError(
-                f"initial_size + (cycles - 1) * query_size = {config.initial_size} + "
-                f"({config.cycles} - 1) * {config.query_size} = {need} exceeds the training "
-                f"pool of {pool_size} examples")
-        if config.cycles > 1 and effective_subset_size(config, pool_size) < config.query_size:
+                f"{what} + (cycles - 1) * query_size = {n0} + ({config.cycles} - 1) * "
+                f"{config.query_size} = {need} exceeds the pool of {pool_size} examples")
+        if config.cycles > 1 and \
+                effective_subset_size(config, pool_size, n0) < config.query_size:
             raise ValueError("the pool cannot supply a candidate subset as large as the query")
+        if config.train.batch_size > need:
+            raise ValueError(f"train.batch_size ({config.train.batch_size}) is larger than "
+                             f"the most labels this run will have ({need}); every batch "
+                             "would be mostly padding")
     return options
 
 
 # ----------------------------------------------------------------------------- oracle
 
 
-class Oracle(Protocol):
-    """Reveals true labels: ``oracle(pool_indices (k,)) -> labels (k,) int``.
+# ----------------------------------------------------------------------------- oracle
 
-    Implement this to plug in a human labeler; the loop persists every answer before it
-    goes on, and never asks twice for the same point of a workdir.
+
+class RecordingOracle:
+    """Wraps an oracle: checks each answer, persists it at once, never asks twice.
+
+    Answers must be integers in ``[0, C)``, one per asked item; a bad batch is refused
+    with one line before anything is written, so the workdir stays usable. ``tag`` names
+    the request (``"initial"``, ``"cycle_3"``, ``"cycle_3_step_2"``) for oracles that
+    define ``ask(pool_indices, tag)`` (the files oracle).
     """
 
-    def __call__(self, pool_indices: np.ndarray) -> np.ndarray:
-        ...
+    def __init__(self, oracle: Oracle, workdir: Workdir, num_classes: int):
+        self.oracle = oracle
+        self.workdir = workdir
+        self.num_classes = num_classes
+        self.known = {int(r["index"]): int(r["label"]) for r in workdir.rows("labels")}
+
+    def record_given(self, pool_indices: np.ndarray, labels: np.ndarray) -> None:
+        """Puts labels that came with the pool into the ledger (once)."""
+        for i, y in zip(np.asarray(pool_indices).tolist(), np.asarray(labels).tolist()):
+            if i in self.known:
+                if self.known[i] != y:
+                    raise records.RecordError(
+                        f"labels.jsonl holds label {self.known[i]} for pool item {i} but the "
+                        f"pool now gives {y}: the data changed under the run")
+                continue
+            self.workdir.append("labels", {"cycle": -1, "index": i, "label": y,
+                                           "source": "given"})
+            self.known[i] = y
+
+    def __call__(self, pool_indices: np.ndarray, cycle: int, tag: str) -> np.ndarray:
+        pool_indices = np.asarray(pool_indices, dtype=np.int64).reshape(-1)
+        missing = [int(i) for i in pool_indices if int(i) not in self.known]
+        if missing:
+            ask = getattr(self.oracle, "ask", None)
+            raw = ask(np.asarray(missing), tag) if ask is not None else \
+                self.oracle(np.asarray(missing))
+            answers = check_answers(raw, len(missing), self.num_classes)
+            for i, y in zip(missing, answers.tolist()):
+                self.workdir.append("labels", {"cycle": cycle, "index": i, "label": y,
+                                               "source": "oracle"})
+                self.known[i] = y
+        return np.asarray([self.known[int(i)] for i in pool_indices], dtype=np.int32)
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetOracle:
-    """The default oracle: reads the dataset's own training labels."""
-
-    labels: np.ndarray
-
-    def __call__(self, pool_indices: np.ndarray) -> np.ndarray:
-        return np.asarray(self.labels)[np.asarray(pool_indices, dtype=np.int64)]
+def check_answers(raw, count: int, num_classes: int) -> np.ndarray:
+    """An oracle's answers as ``(count,)`` ints in ``[0, C)``, or one clear error."""
+    if raw is None:
+        raise ValueError(f"the oracle returned None for {count} items; it must return "
+                         f"{count} integer labels in [0, {num_classes})")
+    arr = np.asarray(raw)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or
+                                   (np.issubdtype(arr.dtype, np.floating) and
+                                    np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))):
+        raise ValueError(f"the oracle returned {raw!r}; labels must be integers in "
+                         f"[0, {num_classes})")
+    arr = arr.astype(np.int64).reshape(-1)
+    if arr.shape[0] != count:
+        raise ValueError(f"the oracle returned {arr.shape[0]} labels for {count} items")
+    bad = (arr < 0) | (arr >= num_classes)
+    if np.any(bad):
+        raise ValueError(f"the oracle answered {int(arr[bad][0])}, outside [0, {num_classes}) "
+                         f"({int(np.sum(bad))} of {count} answers); nothing was recorded")
+    return arr
 
 
 # ----------------------------------------------------------------------------- state
@@ -256,7 +356,7 @@ class ALState(struct.PyTreeNode):
     labels: np.ndarray
     cycle: int = struct.field(pytree_node=False, default=0)
 
-    def reveal(self, pool_indices: np.ndarray, labels: np.ndarray) -> "ALState":
+    def reveal(self, pool_indices, labels) -> "ALState":
         pool_indices = np.asarray(pool_indices, dtype=np.int64)
         if np.any(self.labeled[pool_indices]):
             raise ValueError("a queried point is already labeled")
@@ -270,13 +370,13 @@ def _set(a: np.ndarray, idx, values) -> np.ndarray:
     return out
 
 
-def initial_state(config: LoopConfig, pool_size: int, oracle: Oracle) -> ALState:
-    """The seeded random initial labeled set, its labels revealed by the oracle."""
+def initial_indices(config: LoopConfig, dataset) -> np.ndarray:
+    """The initial labeled set: the pool's given labels, or a seeded random draw."""
+    pool = int(dataset.x_train.shape[0])
+    if config.initial_set == "auto" and dataset.given is not None and np.any(dataset.given):
+        return np.flatnonzero(dataset.given)
     gen = rng.numpy_rng(rng.key(config.seed, "initial_set"))
-    init = np.sort(gen.choice(pool_size, config.initial_size, replace=False))
-    state = ALState(labeled=np.zeros(pool_size, bool),
-                    labels=np.full(pool_size, -1, np.int32), cycle=0)
-    return state.reveal(init, np.asarray(oracle(init), np.int32))
+    return np.sort(gen.choice(pool, config.initial_size, replace=False))
 
 
 def draw_candidates(state: ALState, config: LoopConfig, subset: int) -> np.ndarray:
@@ -286,104 +386,7 @@ def draw_candidates(state: ALState, config: LoopConfig, subset: int) -> np.ndarr
     return np.sort(gen.choice(unlabeled, subset, replace=False))
 
 
-# ----------------------------------------------------------------------------- workdir
-
-
-class RunStore:
-    """The workdir of one run; ``None`` path keeps everything in memory."""
-
-    def __init__(self, workdir: Optional[str]):
-        self.workdir = workdir
-        self._memory: dict[str, list] = {"labels": [], "queries": [], "metrics": []}
-        if workdir:
-            os.makedirs(workdir, exist_ok=True)
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.workdir, name)
-
-    def append(self, kind: str, row: dict) -> None:
-        if self.workdir:
-            records.append_jsonl(self.path(f"{kind}.jsonl"), row)
-        else:
-            self._memory[kind].append(row)
-
-    def rows(self, kind: str) -> list[dict]:
-        if self.workdir:
-            return records.read_jsonl(self.path(f"{kind}.jsonl"))
-        return list(self._memory[kind])
-
-    def check_config(self, config: LoopConfig) -> None:
-        """Writes ``config.json``, or checks it equals the one already there."""
-        if not self.workdir:
-            return
-        path = self.path("config.json")
-        new = json.loads(records.dumps(config.to_dict()))
-        if os.path.exists(path):
-            old = records.read_json(path)
-            if old != new:
-                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise ValueError(
-                    f"workdir {self.workdir} holds a run with a different config (fields "
-                    f"{', '.join(diff)} differ); use a new --workdir or the same settings")
-        else:
-            records.atomic_write_json(path, new)
-
-    def cycle_done(self) -> int:
-        if self.workdir and os.path.exists(self.path("state.json")):
-            return int(records.read_json(self.path("state.json"))["cycle_done"])
-        return -1
-
-    def truncate_after(self, cycle: int) -> None:
-        """Drops query/metric rows of cycles after ``cycle`` (a cycle that did not finish)."""
-        if not self.workdir:
-            return
-        for kind in ("queries", "metrics"):
-            rows = self.rows(kind)
-            keep = [r for r in rows if r["cycle"] <= cycle]
-            if len(keep) != len(rows):
-                records.rewrite_jsonl(self.path(f"{kind}.jsonl"), keep)
-
-    def save_cycle(self, cycle: int, variables: Variables) -> None:
-        if not self.workdir:
-            return
-        leaves = [np.asarray(leaf) for leaf in jax.device_get(jax.tree.leaves(variables))]
-        records.atomic_write_bytes(self.path("checkpoint.msgpack"),
-                                   serialization.msgpack_serialize(leaves))
-        records.atomic_write_json(self.path("state.json"), {"cycle_done": cycle})
-
-    def load_variables(self, template: Variables) -> Variables:
-        """The checkpointed variables, in the structure (and shapes) of ``template``."""
-        with open(self.path("checkpoint.msgpack"), "rb") as fh:
-            leaves = serialization.msgpack_restore(fh.read())
-        flat, treedef = jax.tree.flatten(template)
-        leaves = [leaves[str(i)] if isinstance(leaves, dict) else leaves[i]
-                  for i in range(len(flat))]
-        return Variables(*jax.tree.unflatten(treedef, leaves))
-
-
-class RecordingOracle:
-    """Wraps an :class:`Oracle`: persists each answer at once, never asks twice."""
-
-    def __init__(self, oracle: Oracle, store: RunStore):
-        self.oracle = oracle
-        self.store = store
-        self.known = {int(r["index"]): int(r["label"]) for r in store.rows("labels")}
-
-    def __call__(self, pool_indices: np.ndarray, cycle: int) -> np.ndarray:
-        pool_indices = np.asarray(pool_indices, dtype=np.int64).reshape(-1)
-        missing = [int(i) for i in pool_indices if int(i) not in self.known]
-        if missing:
-            answers = np.asarray(self.oracle(np.asarray(missing)), dtype=np.int64).reshape(-1)
-            if answers.shape[0] != len(missing):
-                raise ValueError(f"the oracle returned {answers.shape[0]} labels for "
-                                 f"{len(missing)} points")
-            for i, y in zip(missing, answers):
-                self.store.append("labels", {"cycle": cycle, "index": i, "label": int(y)})
-                self.known[i] = int(y)
-        return np.asarray([self.known[int(i)] for i in pool_indices], dtype=np.int32)
-
-
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- setup
 
 
 class RunResult(struct.PyTreeNode):
@@ -392,6 +395,7 @@ class RunResult(struct.PyTreeNode):
     metrics: list = struct.field(pytree_node=False)
     queries: list = struct.field(pytree_node=False)
     state: ALState
+    stopped: Optional[dict] = struct.field(pytree_node=False, default=None)
 
 
 def load_config_dataset(config: LoopConfig):
@@ -411,18 +415,21 @@ class RunSetup:
     model: Model
     strategy: strategies.Strategy
     options: strategies.Options
-    store: RunStore
-    oracle: RecordingOracle
+    criteria: tuple
+    oracle: Oracle
     aux_loss: Optional[Callable]
+    initial: np.ndarray
     subset: int
     capacity: int
+    stop_set: Optional[np.ndarray]
 
 
-def setup(config: LoopConfig, workdir: Optional[str], *, dataset=None,
+def setup(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
           model: Optional[Model] = None, oracle: Optional[Oracle] = None) -> RunSetup:
-    """Validates everything, loads the data, builds the model and opens the workdir.
+    """Validates everything, loads the data, builds the model and chooses the oracle.
 
-    Nothing is trained and no label is asked for here.
+    Nothing is trained, nothing is written and no label is asked for here: every problem
+    a run could meet at its start is found now.
     """
     if model is not None:
         config = dataclasses.replace(config, model=model.name, model_kwargs=())
@@ -432,7 +439,11 @@ def setup(config: LoopConfig, workdir: Optional[str], *, dataset=None,
     else:
         data.validate_dataset(dataset)
     pool = int(dataset.x_train.shape[0])
-    options = validate_config(config, pool, model=model)
+    initial = initial_indices(config, dataset)
+    given = config.initial_set == "auto" and dataset.given is not None and dataset.given.any()
+    options = validate_config(config, pool, model=model,
+                              num_initial=initial.size if given else None)
+    _check_labels(dataset)
     strategy = strategies.get(config.strategy)
     if model is None:
         model = models.get_model(config.model, dataset.num_classes, **dict(config.model_kwargs))
@@ -440,14 +451,59 @@ def setup(config: LoopConfig, workdir: Optional[str], *, dataset=None,
     models.require(model, "init", "the active-learning loop")
     if strategy.wrap_model is not None:
         model = strategy.wrap_model(model, options)
-    store = RunStore(workdir)
-    store.check_config(config)
+    criteria = stopping.parse(config.stop, {c: dict(o) for c, o in config.stop_options})
+    stop_set = None
+    if any(c.needs_stop_set for c, _ in criteria):
+        gen = rng.numpy_rng(rng.key(config.seed, "stop"))
+        stop_set = np.sort(gen.choice(pool, min(config.stop_set_size, pool), replace=False))
     return RunSetup(config=config, dataset=dataset, model=model, strategy=strategy,
-                    options=options, store=store,
-                    oracle=RecordingOracle(oracle or DatasetOracle(dataset.y_train), store),
+                    options=options, criteria=criteria,
+                    oracle=_choose_oracle(config, dataset, workdir, oracle, initial),
                     aux_loss=strategy.aux_loss(options) if strategy.aux_loss else None,
-                    subset=effective_subset_size(config, pool),
-                    capacity=labeled_capacity(config))
+                    initial=initial, subset=effective_subset_size(config, pool, initial.size),
+                    capacity=labeled_capacity(config, initial.size), stop_set=stop_set)
+
+
+def _check_labels(dataset) -> None:
+    """A pool whose every label is known and the same has nothing to classify."""
+    known = dataset.y_train[dataset.y_train >= 0]
+    if known.size == dataset.y_train.size and np.unique(known).size == 1:
+        raise ValueError(f"every label of dataset {dataset.name!r} is {int(known[0])}: there "
+                         "is nothing to classify")
+
+
+def _choose_oracle(config: LoopConfig, dataset, workdir: Optional[str],
+                   oracle: Optional[Oracle], initial: np.ndarray) -> Oracle:
+    if oracle is not None:
+        return oracle
+    if config.oracle == "files":
+        if workdir is None:
+            raise ValueError("oracle 'files' needs a workdir (its requests and answers are "
+                             "files there)")
+        return FileOracle(workdir, dataset.items if dataset.items is not None else
+                          [dataset.item(i) for i in range(len(dataset.x_train))],
+                          dataset.num_classes, dataset.class_names)
+    unknown = dataset.y_train < 0
+    if dataset.given is not None:
+        unknown &= ~dataset.given
+    if np.any(unknown):
+        raise ValueError(f"{int(unknown.sum())} of the pool's {unknown.size} items have unknown "
+                         "labels and the simulated oracle cannot answer for them: use "
+                         "--oracle=files (people label CSV files between runs), the notebook "
+                         "labeler (lookahead_jax.labeler), or pass an oracle to loop.run; "
+                         "for a simulation give complete labels (y_true)")
+    return DatasetOracle(dataset.y_train)
+
+
+def pool_info(dataset) -> dict:
+    """What ``dataset.json`` records of the pool."""
+    return {"name": dataset.name, "pool": int(dataset.x_train.shape[0]),
+            "input_shape": list(dataset.input_shape), "num_classes": int(dataset.num_classes),
+            "class_names": list(dataset.class_names) if dataset.class_names else None,
+            "fingerprint": fingerprint(dataset.x_train)}
+
+
+# ----------------------------------------------------------------------------- one cycle
 
 
 def init_variables(run: RunSetup, cycle: Optional[int] = None) -> Variables:
@@ -456,53 +512,72 @@ def init_variables(run: RunSetup, cycle: Optional[int] = None) -> Variables:
     return Variables(*run.model.init(rng.key(run.config.seed, "init", cycle), x0))
 
 
-def resume(run: RunSetup, log: Callable[[str], None]) -> tuple[ALState, Variables, list]:
-    """The state after the workdir's last finished cycle (a fresh one for a new run)."""
-    config, store = run.config, run.store
-    pool = int(run.dataset.x_train.shape[0])
-    state = initial_state(config, pool, lambda idx: run.oracle(idx, cycle=-1))
-    done = store.cycle_done()
-    store.truncate_after(done)
-    queries = [q for q in store.rows("queries") if q["cycle"] <= done]
-    for q in queries:
-        state = state.reveal(q["indices"], q["labels"])
-    fresh = init_variables(run)
-    variables = store.load_variables(fresh) if done >= 0 else fresh
-    if done >= 0:
-        log(f"resuming {store.workdir} after cycle {done} ({int(state.labeled.sum())} labels)")
-    return state.replace(cycle=done + 1), variables, queries
-
-
 def train_cycle(run: RunSetup, state: ALState, variables: Variables
                 ) -> tuple[Variables, dict]:
-    """Trains f_L on the labeled set and evaluates it: ``(variables, metrics row)``."""
+    """Trains f_L on the labeled set and evaluates it: ``(variables, metrics row)``.
+
+    ``test_accuracy`` is ``None`` for a pool without an evaluation split.
+    """
     config, cycle = run.config, state.cycle
     labeled_idx = np.flatnonzero(state.labeled)
     t0 = time.perf_counter()
     start = variables
+    from_init = cycle == 0 or not config.train.warm_start
     if not config.train.warm_start and cycle > 0:
         start = init_variables(run, cycle)
     tstate = train_lib.create_train_state(run.model, start, config.train)
     tstate, train_loss = train_lib.fit(tstate, run.dataset.x_train[labeled_idx],
-                                       state.labels[labeled_idx], config.train,
+                                       state.labels[labeled_idx],
+                                       train_lib.cycle_config(config.train, from_init),
                                        key=rng.key(config.seed, "train", cycle),
                                        aux_loss=run.aux_loss)
     variables = tstate.variables
     seconds_train = time.perf_counter() - t0
-    test_acc = train_lib.accuracy(run.model, variables, run.dataset.x_test,
-                                  run.dataset.y_test, config.train.eval_batch_size)
+    test_acc = None
+    if run.dataset.has_test:
+        test_acc = train_lib.accuracy(run.model, variables, run.dataset.x_test,
+                                      run.dataset.y_test, config.train.eval_batch_size)
     return variables, {"cycle": cycle, "num_labeled": int(labeled_idx.size),
                        "test_accuracy": test_acc, "train_loss": train_loss,
                        "seconds_train": seconds_train, "seconds_score": 0.0,
                        "seconds_select": 0.0}
 
 
-def acquire(run: RunSetup, state: ALState, variables: Variables, row: dict
-            ) -> tuple[ALState, dict]:
-    """One acquisition step: candidates → strategy → oracle. Returns the state and query.
+def check_stop(run: RunSetup, phase: str, state: ALState, variables: Variables, row: dict,
+               memory: dict, selection_info=None) -> tuple[Optional[dict], dict]:
+    """Evaluates the criteria of ``phase``; records each value in ``row`` (``stop_<name>``).
 
-    ``row`` (the cycle's metrics) gains the seconds of scoring and selection and the
-    strategy's logged scalars (``info_*``).
+    Returns ``(stopped, memory)``: ``stopped`` names the first criterion that fired.
+    """
+    chosen = [(c, o) for c, o in run.criteria if c.phase == phase]
+    if not chosen:
+        return None, memory
+    probs = unlabeled = None
+    if run.stop_set is not None and phase == "model":
+        logits = train_lib.predict(run.model, variables, run.dataset.x_train[run.stop_set],
+                                   run.config.train.eval_batch_size)
+        probs = np.asarray(jax.device_get(jax.nn.softmax(logits, -1)), np.float64)
+        unlabeled = ~state.labeled[run.stop_set]
+    obs = stopping.Observation(cycle=state.cycle, num_labeled=int(state.labeled.sum()),
+                               stop_probs=probs, stop_unlabeled=unlabeled,
+                               selection_info=selection_info)
+    stopped, memory = None, dict(memory)
+    for crit, opts in chosen:
+        fired, value, memory[crit.name] = crit.check(opts, obs, memory.get(crit.name, {}))
+        row[f"stop_{crit.name}"] = value
+        if fired and stopped is None:
+            stopped = {"cycle": state.cycle, "by": crit.name, "value": value}
+            row["stopped_by"] = crit.name
+    return stopped, memory
+
+
+def acquire(run: RunSetup, state: ALState, variables: Variables, row: dict,
+            oracle: RecordingOracle, memory: dict
+            ) -> tuple[ALState, Optional[dict], Optional[dict], dict]:
+    """One acquisition step: candidates → strategy → (selection-phase stop) → oracle.
+
+    Returns ``(state, query, stopped, memory)``; ``row`` (the cycle's metrics) gains the
+    seconds of scoring and selection and the strategy's logged scalars (``info_*``).
     """
     config, cycle = run.config, state.cycle
     labeled_idx = np.flatnonzero(state.labeled)
@@ -514,33 +589,108 @@ def acquire(run: RunSetup, state: ALState, variables: Variables, row: dict
         x_candidates=x_pool[cand], num_classes=run.dataset.num_classes,
         query_size=config.query_size, key=rng.key(config.seed, "acquire", cycle),
         loss=config.train.loss,
-        label_fn=_label_fn(run.oracle, cand, cycle) if config.sequential else None,
+        label_fn=_label_fn(oracle, cand, cycle) if config.sequential else None,
         labeled_capacity=run.capacity, options=run.options)
     t1 = time.perf_counter()
     selection = run.strategy(ctx)
     t2 = time.perf_counter()
+    row.update(seconds_score=t2 - t1,
+               **{f"info_{k}": float(v) for k, v in dict(selection.info).items()})
+    stopped, memory = check_stop(run, "selection", state, variables, row, memory,
+                                 selection.info)
+    if stopped is not None:
+        return state, None, stopped, memory
     chosen = cand[_check_selection(selection, config, run.subset)]
-    labels = run.oracle(chosen, cycle=cycle)
+    labels = oracle(chosen, cycle=cycle, tag=f"cycle_{cycle}")
     if selection.revealed is not None and not np.array_equal(
             np.asarray(selection.revealed), labels):
         raise RuntimeError("the strategy's revealed labels disagree with the oracle")
     state = state.reveal(chosen, labels)
-    row.update(seconds_score=t2 - t1, seconds_select=time.perf_counter() - t2,
-               **{f"info_{k}": float(v) for k, v in dict(selection.info).items()})
-    return state, {"cycle": cycle, "indices": chosen.tolist(), "labels": labels.tolist()}
+    row["seconds_select"] = time.perf_counter() - t2
+    return state, {"cycle": cycle, "indices": chosen.tolist(), "labels": labels.tolist()}, \
+        None, memory
 
 
-def run_cycle(run: RunSetup, state: ALState, variables: Variables
-              ) -> tuple[ALState, Variables, dict, Optional[dict]]:
-    """One cycle of Algorithm 1: train, evaluate, and (but in the last cycle) acquire.
+def run_cycle(run: RunSetup, state: ALState, variables: Variables, oracle: RecordingOracle,
+              memory: dict, trained: Optional[tuple] = None):
+    """One cycle of Algorithm 1: train, evaluate, check the stopping criteria, and (but in
+    the last cycle) acquire.
 
-    Returns ``(state, variables, metrics row, query or None)``; nothing is recorded.
+    ``trained``: ``(variables, row)`` of a cycle whose training already ran (it waited for
+    people's labels). Returns ``(state, variables, row, query or None, stopped or None,
+    memory)``; nothing is recorded.
     """
-    variables, row = train_cycle(run, state, variables)
+    variables, row = trained if trained is not None else train_cycle(run, state, variables)
+    stopped, memory = check_stop(run, "model", state, variables, row, memory)
     query = None
-    if state.cycle < run.config.cycles - 1:
-        state, query = acquire(run, state, variables, row)
-    return state.replace(cycle=state.cycle + 1), variables, row, query
+    if stopped is None and state.cycle < run.config.cycles - 1:
+        try:
+            state, query, stopped, memory = acquire(run, state, variables, row, oracle, memory)
+        except LabelsNeeded as e:
+            e.trained = (variables, row)
+            raise
+    return state.replace(cycle=state.cycle + 1), variables, row, query, stopped, memory
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def resume(run: RunSetup, wd: Workdir, oracle: RecordingOracle, log: Callable[[str], None],
+           old_cycles: Optional[int]) -> tuple[ALState, Variables, list, dict]:
+    """The state after the workdir's last finished cycle (a fresh one for a new run),
+    with the queries and metrics cross-checked against the label ledger."""
+    config, ds = run.config, run.dataset
+    pool = int(ds.x_train.shape[0])
+    state = ALState(labeled=np.zeros(pool, bool), labels=np.full(pool, -1, np.int32))
+    if ds.given is not None and config.initial_set == "auto" and np.any(ds.given):
+        oracle.record_given(run.initial, ds.y_train[run.initial])
+        labels0 = ds.y_train[run.initial]
+    else:
+        labels0 = oracle(run.initial, cycle=-1, tag="initial")
+    state = state.reveal(run.initial, labels0)
+    done = wd.cycle_done()
+    queries = wd.rows("queries")
+    check_queries(queries, oracle.known, pool, ds.num_classes, done, wd)
+    for q in queries:
+        state = state.reveal(q["indices"], q["labels"])
+    fresh = init_variables(run)
+    variables = fresh
+    if done >= 0:
+        variables = Variables(*wd.load_variables(done, fresh))
+        log(f"resuming {wd.path} after cycle {done} ({int(state.labeled.sum())} labels)")
+    for note in wd.notes:
+        log(f"repaired {note}")
+    memory = records.read_json(wd.file("stopping.json")) if wd.persistent and \
+        os.path.exists(wd.file("stopping.json")) else {}
+    return state.replace(cycle=done + 1), variables, queries, memory
+
+
+def check_queries(queries: list, known: Mapping[int, int], pool: int, num_classes: int,
+                  done: int, wd: Workdir) -> None:
+    """Queries must be one row per finished cycle, in range, unique, and agree with the
+    label ledger; a disagreement is refused naming the row."""
+    path = wd.file("queries.jsonl") if wd.persistent else "queries"
+    seen: set = set()
+    for n, q in enumerate(queries, start=1):
+        idx = np.asarray(q.get("indices", []), np.int64)
+        lab = np.asarray(q.get("labels", []), np.int64)
+        if q.get("cycle") != n - 1 or q["cycle"] > done:
+            raise records.RecordError(f"{path} row {n} is for cycle {q.get('cycle')}, "
+                                      f"expected {n - 1} (cycles finished: {done + 1})")
+        if idx.size != lab.size or np.any((idx < 0) | (idx >= pool)):
+            raise records.RecordError(f"{path} row {n} holds pool indices outside "
+                                      f"[0, {pool}) or a label count that does not match")
+        if np.any((lab < 0) | (lab >= num_classes)):
+            raise records.RecordError(f"{path} row {n} holds a label outside "
+                                      f"[0, {num_classes})")
+        for i, y in zip(idx.tolist(), lab.tolist()):
+            if i in seen:
+                raise records.RecordError(f"{path} row {n}: pool item {i} was queried twice")
+            seen.add(i)
+            if known.get(i) != y:
+                raise records.RecordError(
+                    f"{path} row {n}: pool item {i} has label {y} but labels.jsonl says "
+                    f"{known.get(i, 'nothing')}; the two ledgers disagree")
 
 
 def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
@@ -555,37 +705,125 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
       dataset: a preloaded ``data.Dataset`` (else loaded from ``config``).
       model: any :class:`~lookahead_jax.models.Model` (else the built-in
         ``config.model``); it needs ``init``. ``config.model`` is set to its name.
-      oracle: label source (default: the dataset's own labels).
+      oracle: label source (default: ``config.oracle``: the dataset's own labels, or
+        people through files).
       log: progress sink, one line per cycle.
       stop_after_cycle: finish this cycle and return (tests of resumption).
 
     Returns:
       a :class:`RunResult`; the same rows are in ``workdir``.
+
+    Raises:
+      LabelsNeeded: people must answer a request file first (the files oracle); every
+        finished cycle is kept and the same call continues once the answers are there.
     """
     run_ = setup(config, workdir, dataset=dataset, model=model, oracle=oracle)
-    state, variables, queries = resume(run_, log)
-    store = run_.store
-    while state.cycle < run_.config.cycles:
-        cycle = state.cycle
-        state, variables, row, query = run_cycle(run_, state, variables)
-        if query is not None:
-            store.append("queries", query)
-            queries.append(query)
-        store.append("metrics", row)
-        store.save_cycle(cycle, variables)
-        log(_progress_line(row, run_.config))
-        if workdir:
-            _plot(store, run_.config)
-        if stop_after_cycle is not None and cycle >= stop_after_cycle:
-            break
-    return RunResult(metrics=store.rows("metrics"), queries=queries, state=state)
+    with Workdir.open(workdir) as wd:
+        old_cycles = wd.check_config(run_.config.to_dict())
+        wd.check_pool(pool_info(run_.dataset))
+        wd.recover()
+        rec = RecordingOracle(run_.oracle, wd, run_.dataset.num_classes)
+        state, variables, queries, memory = resume(run_, wd, rec, log, old_cycles)
+        stopped = wd.stopped()
+        trained = _pending(run_, wd, state, variables)
+        bar = tqdm(total=run_.config.cycles, initial=min(state.cycle, run_.config.cycles),
+                   desc=run_.config.strategy, unit="cycle", disable=None, leave=False)
+        writer = _tensorboard(wd)
+        try:
+            if stopped is None and old_cycles is not None and state.cycle == old_cycles:
+                state, queries, stopped, memory = _extend(run_, wd, rec, state, variables,
+                                                          queries, memory)
+            while stopped is None and state.cycle < run_.config.cycles:
+                cycle = state.cycle
+                try:
+                    state, variables, row, query, stopped, memory = run_cycle(
+                        run_, state, variables, rec, memory, trained)
+                except LabelsNeeded as e:
+                    if getattr(e, "trained", None) is not None:
+                        _save_pending(wd, cycle, *e.trained)
+                    raise
+                trained = None
+                _commit(wd, cycle, variables, row, query, stopped, memory, writer)
+                if query is not None:
+                    queries.append(query)
+                log(_progress_line(row, run_.config))
+                bar.update(1)
+                if wd.persistent:
+                    _plot(wd, run_.config)
+                if stop_after_cycle is not None and cycle >= stop_after_cycle:
+                    break
+            if stopped is not None:
+                log(f"[{run_.config.strategy}] stopped at cycle {stopped['cycle'] + 1}: "
+                    f"criterion {stopped['by']} fired (value {stopped['value']:.4g})")
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return RunResult(metrics=wd.rows("metrics"), queries=queries, state=state,
+                         stopped=stopped)
+
+
+def _commit(wd: Workdir, cycle: int, variables: Variables, row: dict, query, stopped,
+            memory: dict, writer) -> None:
+    """Records a finished cycle; ``state.json`` is written last (the commit point)."""
+    if query is not None:
+        wd.append("queries", query)
+    wd.append("metrics", row)
+    wd.save_variables(cycle, variables)
+    if wd.persistent and memory:
+        records.atomic_write_json(wd.file("stopping.json"), memory)
+    wd.commit(cycle, stopped)
+    wd.clear_pending()
+    if writer is not None:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "cycle":
+                writer.add_scalar(k, v, global_step=row["num_labeled"])
+        writer.flush()
+
+
+def _save_pending(wd: Workdir, cycle: int, variables: Variables, row: dict) -> None:
+    """A trained cycle waiting for people: kept so the rerun does not train again."""
+    wd.save_variables(cycle, variables)
+    wd.save_pending({"cycle": cycle, "row": row})
+
+
+def _pending(run: RunSetup, wd: Workdir, state: ALState, variables: Variables):
+    """``(variables, row)`` of the cycle that waited for labels, if it is the next one."""
+    pending = wd.pending()
+    if pending is None or pending.get("cycle") != state.cycle:
+        wd.clear_pending()
+        return None
+    return Variables(*wd.load_variables(state.cycle, variables)), dict(pending["row"])
+
+
+def _extend(run: RunSetup, wd: Workdir, oracle: RecordingOracle, state: ALState,
+            variables: Variables, queries: list, memory: dict):
+    """A finished run given more cycles: its last cycle acquires now (it trained already)."""
+    last = state.replace(cycle=state.cycle - 1)
+    row = dict(wd.rows("metrics")[-1])
+    new_state, query, stopped, memory = acquire(run, last, variables, row, oracle, memory)
+    if query is not None:
+        wd.append("queries", query)
+        queries.append(query)
+    wd.commit(last.cycle, stopped)
+    return new_state.replace(cycle=state.cycle), queries, stopped, memory
+
+
+def _tensorboard(wd: Workdir):
+    return SummaryWriter(logdir=wd.file("tensorboard")) if wd.persistent else None
 
 
 def _label_fn(oracle: RecordingOracle, cand: np.ndarray, cycle: int):
-    """``label_fn(j)``: the true label of candidate position ``j``, persisted at once."""
+    """``label_fn(j)``: the true label of candidate position ``j``, persisted at once.
+
+    The t-th call of a cycle asks under the tag ``cycle_<k>_step_<t>`` (the files oracle
+    asks for one item at a time)."""
+    step = [0]
 
     def label_fn(j: int) -> int:
-        return int(oracle(cand[[int(j)]], cycle=cycle)[0])
+        tag = f"cycle_{cycle}_step_{step[0]}"
+        step[0] += 1
+        return int(oracle(cand[[int(j)]], cycle=cycle, tag=tag)[0])
 
     return label_fn
 
@@ -603,24 +841,24 @@ def _check_selection(selection: strategies.Selection, config: LoopConfig,
 
 
 def _progress_line(row: dict, config: LoopConfig) -> str:
+    acc = row["test_accuracy"]
+    acc = f"{100 * acc:6.2f}%" if acc is not None else "   n/a "
     return (f"[{config.strategy}] cycle {row['cycle'] + 1}/{config.cycles}  "
-            f"labeled {row['num_labeled']:>6d}  test acc {100 * row['test_accuracy']:6.2f}%  "
+            f"labeled {row['num_labeled']:>6d}  test acc {acc}  "
             f"loss {row['train_loss']:.2e}  train {row['seconds_train']:.1f}s  "
             f"score {row['seconds_score']:.2f}s")
 
 
-def _plot(store: RunStore, config: LoopConfig) -> None:
-    rows = store.rows("metrics")
+def _plot(wd: Workdir, config: LoopConfig) -> None:
+    rows = wd.rows("metrics")
     curve = ([r["num_labeled"] for r in rows], [r["test_accuracy"] for r in rows])
-    records.plot_learning_curves({config.strategy: curve}, store.path("learning_curve.png"),
+    records.plot_learning_curves({config.strategy: curve}, wd.file("learning_curve.png"),
                                  title=f"{config.dataset} / {config.model}")
 
 
-def labeled_indices_from_records(workdir: str, config: LoopConfig, pool_size: int
-                                 ) -> np.ndarray:
-    """Rebuilds the labeled set of a workdir exactly: initial draw + every query row."""
-    gen = rng.numpy_rng(rng.key(config.seed, "initial_set"))
-    init = gen.choice(pool_size, config.initial_size, replace=False)
+def labeled_indices_from_records(workdir: str, config: LoopConfig, dataset) -> np.ndarray:
+    """Rebuilds the labeled set of a workdir exactly: initial set + every query row."""
+    init = initial_indices(config, dataset)
     queried = [i for q in records.read_jsonl(os.path.join(workdir, "queries.jsonl"))
                for i in q["indices"]]
     return np.sort(np.concatenate([init, np.asarray(queried, dtype=np.int64)]))
@@ -642,16 +880,15 @@ def _options_for(name: str, options: tuple, names: Sequence[str]) -> tuple:
 
 def run_strategies(config: LoopConfig, names: Sequence[str], workdir: Optional[str],
                    *, log: Callable[[str], None] = print, dataset=None,
-                   model: Optional[Model] = None) -> dict[str, RunResult]:
+                   model: Optional[Model] = None, oracle: Optional[Oracle] = None
+                   ) -> dict[str, RunResult]:
     """Runs the same setting once per strategy (``workdir/<strategy>/``) and compares.
 
     ``config.strategy_options`` are shared: each strategy gets the options it knows, and
     an option none of them knows is refused. Every config is validated before the first
-    run starts. Writes
-    ``workdir/learning_curves.png`` with one line per strategy and returns
-    ``{strategy: RunResult}``.
+    run starts. Writes ``workdir/learning_curves.png`` with one line per strategy and
+    returns ``{strategy: RunResult}``.
     """
-
     if not names:
         raise ValueError("no strategy given")
     if len(set(names)) != len(names):
@@ -663,12 +900,13 @@ def run_strategies(config: LoopConfig, names: Sequence[str], workdir: Optional[s
         validate_config(c, model=model)
     if dataset is None:
         dataset = load_config_dataset(config)
-    for c in configs.values():
-        validate_config(c, int(dataset.x_train.shape[0]), model=model)
+    for s, c in configs.items():
+        setup(c, os.path.join(workdir, s) if workdir else None, dataset=dataset,
+              model=model, oracle=oracle)
     results = {}
     for s, c in configs.items():
         sub = os.path.join(workdir, s) if workdir else None
-        results[s] = run(c, sub, dataset=dataset, model=model, log=log)
+        results[s] = run(c, sub, dataset=dataset, model=model, oracle=oracle, log=log)
     if workdir:
         curves = {s: ([m["num_labeled"] for m in r.metrics],
                       [m["test_accuracy"] for m in r.metrics]) for s, r in results.items()}

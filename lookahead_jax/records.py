@@ -1,30 +1,33 @@
-"""What a run leaves in its workdir, written so that a crash at any moment loses nothing.
+"""File primitives for run records: atomic writes, checked JSON lines, plots.
 
-Files (all under ``workdir``):
-  * ``config.json``: the run's configuration (a resumed run must match it).
-  * ``labels.jsonl``: one row per revealed label ``{"cycle", "index", "label"}``, appended
-    and fsync'ed the moment the oracle answers (before the strategy goes on).
-  * ``queries.jsonl``: one row per finished acquisition ``{"cycle", "indices",
-    "labels"}`` (pool indices in the order chosen); the labeled set is the seeded
-    initial draw plus these rows.
-  * ``metrics.jsonl``: one row per finished cycle (accuracy, loss, seconds per phase).
-  * ``checkpoint.msgpack``: the trained network of the last finished cycle.
-  * ``state.json``: ``{"cycle_done": k}``, written last: the commit point of a cycle.
-  * ``learning_curve.png``: accuracy against the number of labels.
+* Whole-file writes go to a temporary file in the same folder, are fsync'ed and renamed
+  over the target (atomic on POSIX), with the permissions a plain ``open`` would give
+  (the umask), so a shared results folder stays readable.
+* JSON-lines ledgers are appended one fsync'ed row at a time. A row may carry ``sha``, a
+  hash chain over the rows before it (:func:`append_chained`): a row changed, deleted or
+  reordered after it was written no longer matches (:func:`verify_chain`).
+* A torn last line (a crash mid-append) is cut off by :func:`repair_jsonl`, which says
+  so, instead of joining the next append onto the fragment.
+* Every read error names the file (and the row) it comes from: :class:`RecordError`.
 
-Whole-file writes go to a temporary file in the same folder, are fsync'ed and then
-renamed over the target (atomic on POSIX); appends are fsync'ed per row. A torn last
-line (the process killed mid-append) is ignored when reading.
+What a run's workdir holds, and how it is checked, is :mod:`lookahead_jax.workdir`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
+
+
+class RecordError(ValueError):
+    """A record file is damaged, edited or inconsistent (the message names file and row)."""
 
 
 def _default(o):
@@ -39,8 +42,18 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, default=_default, sort_keys=True)
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` atomically (temp file, fsync, rename, fsync dir)."""
+    """Writes ``data`` to ``path`` atomically (temp file, fsync, rename, fsync dir).
+
+    On failure (a full disk, say) the temporary file is removed and the target is left as
+    it was.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path), suffix=".tmp")
@@ -49,6 +62,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -76,8 +90,15 @@ def atomic_write_json(path: str, obj: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-    with open(path) as fh:
-        return json.load(fh)
+    """The JSON in ``path``; a damaged file is a :class:`RecordError` naming it."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path} is damaged: not valid JSON ({e.msg} at line {e.lineno})") \
+            from None
+    except UnicodeDecodeError:
+        raise RecordError(f"{path} is damaged: not text") from None
 
 
 def append_jsonl(path: str, row: Any) -> None:
@@ -88,23 +109,51 @@ def append_jsonl(path: str, row: Any) -> None:
         os.fsync(fh.fileno())
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """Rows of a JSON-lines file; a missing file is empty, a torn last line is skipped."""
+def read_jsonl(path: str, *, strict: bool = False) -> list[dict]:
+    """Rows of a JSON-lines file; a missing file is empty.
+
+    A torn last line (no newline: a crash mid-append) is skipped, or with ``strict``
+    refused; any other unreadable row is a :class:`RecordError` naming the file and row.
+    """
     if not os.path.exists(path):
         return []
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise RecordError(f"{path} is damaged: not UTF-8 text") from None
+    lines = text.split("\n")
     rows = []
-    with open(path) as fh:
-        lines = fh.read().split("\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            if i >= len(lines) - 2:  # only the last (unterminated) line may be torn
+            if i == len(lines) - 1 and not strict:    # unterminated last line: torn
                 break
-            raise
+            raise RecordError(f"{path} row {i + 1} is damaged (not valid JSON)") from None
     return rows
+
+
+def repair_jsonl(path: str) -> Optional[str]:
+    """Cuts a torn last line off ``path`` (a crash mid-append); returns what was done.
+
+    A complete file ends with a newline after valid JSON; anything after the last newline
+    is the fragment of an interrupted append and is removed, so the next append starts on
+    a line of its own. Returns ``None`` when there was nothing to repair.
+    """
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if not raw or raw.endswith(b"\n"):
+        return None
+    keep = raw[:raw.rfind(b"\n") + 1]
+    atomic_write_bytes(path, keep)
+    return (f"{path}: removed a torn last line ({len(raw) - len(keep)} bytes of an append "
+            "interrupted by a crash)")
 
 
 def rewrite_jsonl(path: str, rows: Iterable[Any]) -> None:
@@ -112,28 +161,77 @@ def rewrite_jsonl(path: str, rows: Iterable[Any]) -> None:
     atomic_write_bytes(path, "".join(dumps(r) + "\n" for r in rows).encode())
 
 
+GENESIS = "0" * 64
+
+
+def row_digest(previous: str, row: dict) -> str:
+    """sha256 of the previous row's digest and this row (its ``sha`` excluded)."""
+    body = dumps({k: v for k, v in row.items() if k != "sha"})
+    return hashlib.sha256((previous + body).encode()).hexdigest()
+
+
+def chain_rows(rows: Sequence[dict], previous: str = GENESIS) -> list[dict]:
+    """``rows`` with their ``sha`` fields (re)computed as one chain."""
+    out = []
+    for row in rows:
+        previous = row_digest(previous, row)
+        out.append({**{k: v for k, v in row.items() if k != "sha"}, "sha": previous})
+    return out
+
+
+def append_chained(path: str, row: dict, previous: str) -> str:
+    """Appends ``row`` with its chain digest; returns the digest (the next ``previous``)."""
+    digest = row_digest(previous, row)
+    append_jsonl(path, {**row, "sha": digest})
+    return digest
+
+
+def verify_chain(path: str, rows: Sequence[dict]) -> str:
+    """Checks every row's ``sha``; returns the last digest.
+
+    Raises:
+      RecordError: naming the first row that was changed, inserted, deleted or reordered
+        after it was written.
+    """
+    previous = GENESIS
+    for i, row in enumerate(rows):
+        want = row_digest(previous, row)
+        if row.get("sha") != want:
+            raise RecordError(f"{path} row {i + 1} was changed after it was written (its "
+                              "checksum does not match the rows before it); the workdir's "
+                              "records cannot be trusted: restore the file or use a new "
+                              "workdir")
+        previous = want
+    return previous
+
+
 def plot_learning_curves(curves: dict[str, tuple[Sequence[int], Sequence[float]]],
                          path: str, title: str = "") -> str:
     """Test accuracy against labeled-set size, one line per run; saves a PNG.
 
     Args:
-      curves: ``{label: (num_labeled, accuracy)}``.
+      curves: ``{label: (num_labeled, accuracy)}``; ``None`` accuracies (a pool without
+        an evaluation split) are not drawn.
       path: output PNG path (written atomically).
     """
-    import io
-
-    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
-
     fig = Figure(figsize=(6, 4), dpi=110)
     ax = fig.subplots()
+    drawn = 0
     for label, (n, acc) in curves.items():
-        ax.plot(n, 100 * np.asarray(acc, dtype=float), marker="o", ms=3, label=label)
+        pts = [(a, b) for a, b in zip(n, acc) if b is not None]
+        if pts:
+            ax.plot([a for a, _ in pts], [100 * b for _, b in pts], marker="o", ms=3,
+                    label=label)
+            drawn += 1
     ax.set_xlabel("labeled examples")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    if len(curves) > 1 or any(curves):
+    if not drawn:
+        ax.text(0.5, 0.5, "no evaluation split: no test accuracy", ha="center",
+                va="center", transform=ax.transAxes)
+    elif len(curves) > 1 or any(curves):
         ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()

@@ -50,6 +50,10 @@ class TrainConfig:
         re-initialising (cold start).
       pct_start: fraction of the steps spent warming up in the one-cycle schedule.
       eval_batch_size: batch size for evaluation / prediction.
+      first_cycle_epochs: epochs of a cycle that trains from initialisation (the loop's
+        first cycle, and every cycle when ``warm_start`` is false); ``None``: ``epochs``.
+        With warm starts, later cycles continue from it, so one long first cycle plus
+        short later ones is cheaper than long cycles throughout (:func:`cycle_config`).
     """
 
     epochs: int = 30
@@ -61,12 +65,15 @@ class TrainConfig:
     warm_start: bool = True
     pct_start: float = 0.3
     eval_batch_size: int = 1000
+    first_cycle_epochs: Optional[int] = None
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "first_cycle_epochs"):
             v = getattr(self, name)
+            if v is None and name == "first_cycle_epochs":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ValueError(f"train.{name} must be a positive integer, got {v!r}")
         for name in ("learning_rate", "momentum", "weight_decay", "pct_start"):
@@ -84,6 +91,13 @@ class TrainConfig:
             raise ValueError(f"train.pct_start must be in (0, 1), got {self.pct_start}")
         if not isinstance(self.warm_start, (bool, np.bool_)):
             raise ValueError(f"train.warm_start must be true or false, got {self.warm_start!r}")
+
+
+def cycle_config(config: TrainConfig, from_init: bool) -> TrainConfig:
+    """The settings of one cycle: ``first_cycle_epochs`` when it trains from initialisation."""
+    if from_init and config.first_cycle_epochs is not None:
+        return dataclasses.replace(config, epochs=config.first_cycle_epochs)
+    return config
 
 
 class TrainState(struct.PyTreeNode):

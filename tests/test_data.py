@@ -175,12 +175,16 @@ def test_validate_catches_inf():
         data.validate_dataset(make_dataset(x_train=x))
 
 
-@pytest.mark.parametrize("bad", [-1, 3])
+@pytest.mark.parametrize("bad", [-2, 3])
 def test_validate_catches_labels_out_of_range(bad):
     y = np.array([0, 1, bad, 0, bad, 2], np.int32)
-    expected = r"y_train has 2 labels outside \[0, 3\), first at index 2"
+    expected = r"y_train has 2 labels outside \[0, 3\) or -1 \(unknown\), first at index 2"
     with pytest.raises(ValueError, match=expected):
         data.validate_dataset(make_dataset(y_train=y))
+    # the pool may hold unknown labels (-1); the evaluation split may not
+    data.validate_dataset(make_dataset(y_train=np.array([0, 1, -1, 0, -1, 2], np.int32)))
+    with pytest.raises(ValueError, match=r"y_test has 1 labels outside \[0, 3\), first"):
+        data.validate_dataset(make_dataset(y_test=np.array([2, -1, 0], np.int32)))
 
 
 def test_validate_catches_length_mismatch():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lookahead_jax import loop, records, train
+from lookahead_jax.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,10 +26,10 @@ def test_run_records_and_rebuilds_labeled_set(tmp_path, tiny_dataset):
     res = loop.run(cfg, str(tmp_path), dataset=tiny_dataset, log=lambda s: None)
     assert [m["cycle"] for m in res.metrics] == [0, 1, 2, 3]
     assert [m["num_labeled"] for m in res.metrics] == [20, 28, 36, 44]
-    for f in ("config.json", "metrics.jsonl", "queries.jsonl", "labels.jsonl",
-              "checkpoint.msgpack", "state.json", "learning_curve.png"):
+    for f in ("config.json", "dataset.json", "metrics.jsonl", "queries.jsonl", "labels.jsonl",
+              "checkpoints/3", "state.json", "learning_curve.png", "tensorboard"):
         assert (tmp_path / f).exists(), f
-    rebuilt = loop.labeled_indices_from_records(str(tmp_path), cfg, 300)
+    rebuilt = loop.labeled_indices_from_records(str(tmp_path), cfg, tiny_dataset)
     np.testing.assert_array_equal(rebuilt, np.flatnonzero(res.state.labeled))
     labels = records.read_jsonl(str(tmp_path / "labels.jsonl"))
     assert len(labels) == 44
@@ -66,13 +67,13 @@ def test_crash_mid_cycle_loses_no_label_and_asks_no_twice(tmp_path, tiny_dataset
                 # the answer is persisted by the loop; crash right after it returns
                 def boom(*a, **k):
                     raise KeyboardInterrupt
-                loop.RunStore.save_cycle, self.saved = boom, loop.RunStore.save_cycle
+                Workdir.commit, self.saved = boom, Workdir.commit
             return out
 
     oracle = Crashing(fail_at=2)  # call 1: initial set; call 2: cycle 0's query
     with pytest.raises(KeyboardInterrupt):
         loop.run(cfg, str(tmp_path), dataset=tiny_dataset, oracle=oracle, log=lambda s: None)
-    loop.RunStore.save_cycle = oracle.saved
+    Workdir.commit = oracle.saved
     n_labels = len(records.read_jsonl(str(tmp_path / "labels.jsonl")))
     assert n_labels == cfg.initial_size + cfg.query_size
     asked.clear()
@@ -99,7 +100,8 @@ def test_cold_start_differs_from_warm_start(tiny_dataset):
     (dict(model="vgg"), "unknown model"),
     (dict(query_size=0), "query_size must be positive"),
     (dict(query_size=100, subset_size=50), "larger than subset_size"),
-    (dict(cycles=50), "exceeds the training pool"),
+    (dict(cycles=50), r"initial_size \+ \(cycles - 1\) \* query_size = 20 \+ \(50 - 1\) \* 8 = "
+                      r"412 exceeds the pool of 300 examples"),
     (dict(sequential=True, strategy="entropy"), "no sequential mode"),
 ])
 def test_bad_config_fails_before_training(change, message, tiny_dataset, monkeypatch):

@@ -12,7 +12,8 @@ import os
 from typing import Optional
 
 DIR = os.path.dirname(os.path.abspath(__file__))
-PRESETS = ("default", "digits", "mnist", "mnist_mlp", "svhn", "cifar10", "cifar100")
+PRESETS = ("default", "digits", "mnist", "mnist_mlp", "mnist_wrn", "svhn", "cifar10",
+           "cifar100")
 _FOR_DATASET = {"svhn_cropped": "svhn"}
 
 
