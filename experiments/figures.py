@@ -25,6 +25,9 @@ flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
 flags.DEFINE_string("root", None, "study folder (default runs/studies/<figure>_<dataset>)")
 flags.DEFINE_string("arms", None, "comma-separated subset of the figure's arms")
 flags.DEFINE_bool("smoke", False, "tiny digits setting, for tests")
+flags.DEFINE_string("widths", None, "fig3b: comma-separated widths (default 128,256,512,1024)")
+flags.DEFINE_string("reuse", None, "comma-separated study folders whose identical finished "
+                    "runs are copied instead of run again")
 flags.mark_flag_as_required("figure")
 
 
@@ -43,7 +46,10 @@ def main(argv):
         arms = [a.strip() for a in FLAGS.arms.split(",")] if FLAGS.arms else None
         command = " ".join(["python -m experiments.figures"] +
                            [shlex.quote(a) for a in sys.argv[1:]])
-        studies.run_study(FLAGS.figure, base, seeds, root, command=command, arms=arms)
+        widths = [int(w) for w in FLAGS.widths.split(",")] if FLAGS.widths else None
+        reuse = [r.strip() for r in FLAGS.reuse.split(",")] if FLAGS.reuse else ()
+        studies.run_study(FLAGS.figure, base, seeds, root, command=command, arms=arms,
+                          widths=widths, reuse=reuse)
     except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

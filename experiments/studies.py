@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import os
 import platform
+import shutil
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
@@ -47,7 +49,7 @@ class Figure(NamedTuple):
     name: str
     title: str
     claim: str
-    arms: Callable[[loop.LoopConfig], list]
+    arms: Callable[..., list]   # arms(base, widths=None)
 
 
 def apply_overrides(base: loop.LoopConfig, overrides: Mapping[str, Any]) -> loop.LoopConfig:
@@ -67,7 +69,7 @@ def apply_overrides(base: loop.LoopConfig, overrides: Mapping[str, Any]) -> loop
 # ----------------------------------------------------------------------------- figures
 
 
-def _fig1a(base):
+def _fig1a(base, widths=None):
     # differences are taken against the proposed method: w/o block must be ~0 (same
     # algebra, Eq. 12 vs. direct solves), naive is the paper's accuracy comparison
     return [Arm("ntk_block", {"strategy": "mlmoc"}),
@@ -77,7 +79,7 @@ def _fig1a(base):
                           "strategy_options": {"epochs": 15}}, "ntk_block")]
 
 
-def _fig1b(base):
+def _fig1b(base, widths=None):
     return [Arm("random", {"strategy": "random"}),
             Arm("empirical_ntk", {"strategy": "mlmoc"}, "random"),
             Arm("infinite_ntk", {"strategy": "infinite_ntk_lookahead"}, "random"),
@@ -85,7 +87,7 @@ def _fig1b(base):
             Arm("gp", {"strategy": "gp_lookahead"}, "random")]
 
 
-def _fig2(base):
+def _fig2(base, widths=None):
     arms = [Arm("random", {"strategy": "random"})]
     for s in ("mlmoc", "entropy", "margin", "badge", "ll4al", "coreset"):
         arms.append(Arm(s, {"strategy": s}, "random"))
@@ -96,15 +98,18 @@ def _fig2(base):
     return arms
 
 
-def _fig3a(base):
+def _fig3a(base, widths=None):
     return [Arm("random", {"strategy": "random"}),
             Arm("batch_ntk", {"strategy": "mlmoc"}, "random"),
             Arm("sequential_ntk", {"strategy": "mlmoc", "sequential": True}, "random")]
 
 
-def _fig3b(base):
+FIG3B_WIDTHS = (128, 256, 512, 1024)
+
+
+def _fig3b(base, widths=None):
     arms = []
-    for w in (128, 256, 512, 1024):
+    for w in widths or FIG3B_WIDTHS:
         kw = _width_kwargs(base, w)
         arms.append(Arm(f"random_w{w}", {"strategy": "random", "model_kwargs": kw}))
         arms.append(Arm(f"ntk_w{w}", {"strategy": "mlmoc", "model_kwargs": kw},
@@ -125,7 +130,7 @@ def _width_kwargs(base: loop.LoopConfig, width: int) -> dict:
     return kw
 
 
-def _fig5b(base):
+def _fig5b(base, widths=None):
     return [Arm("random_mse", {"strategy": "random", "train.loss": "mse"}),
             Arm("ntk_mse", {"strategy": "mlmoc", "train.loss": "mse"}, "random_mse"),
             Arm("random_ce", {"strategy": "random", "train.loss": "ce"}),
@@ -173,7 +178,8 @@ def machine_info() -> dict:
 
 def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: str, *,
               command: str = "", dataset=None, log: Callable[[str], None] = print,
-              arms: Optional[Sequence[str]] = None) -> dict:
+              arms: Optional[Sequence[str]] = None, widths: Optional[Sequence[int]] = None,
+              reuse: Sequence[str] = ()) -> dict:
     """Runs every arm of ``figure`` for every seed under ``root`` (resumable).
 
     Args:
@@ -184,12 +190,16 @@ def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: st
       command: the command line that produced the study (recorded).
       dataset: a preloaded dataset (else loaded from ``base``).
       arms: run only these arm labels.
+      widths: the widths of ``fig3b`` (default :data:`FIG3B_WIDTHS`).
+      reuse: other study folders: a finished run there whose config equals an arm's (same
+        seed) is copied instead of run again (runs are deterministic, so it is the run
+        this study would make); ``study.json`` says which runs were copied, from where.
 
     Returns:
       the study record (also in ``root/study.json``).
     """
     fig = get_figure(figure)
-    all_arms = fig.arms(base)
+    all_arms = fig.arms(base, widths=tuple(widths) if widths else None)
     chosen = [a for a in all_arms if arms is None or a.label in arms]
     if not chosen:
         raise ValueError(f"no arm of {figure} matches {arms}; arms: "
@@ -218,18 +228,63 @@ def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: st
         "base_config": base.to_dict(),
         "started": previous.get("started", _now()),
         "run_seconds": previous.get("run_seconds", {}),
+        "reused": previous.get("reused", {}),
     }
+    if widths:
+        meta["widths"] = list(widths)
     for seed in seeds:
         for a in chosen:
             cfg = dataclasses.replace(configs[a.label], seed=seed)
             key = f"{a.label}/seed{seed}"
-            t0 = time.perf_counter()
-            loop.run(cfg, os.path.join(root, a.label, f"seed{seed}"), dataset=dataset, log=log)
-            meta["run_seconds"][key] = meta["run_seconds"].get(key, 0.0) + \
-                time.perf_counter() - t0
+            target = os.path.join(root, a.label, f"seed{seed}")
+            source = None if _finished(target) else _find_finished(cfg, seed, reuse)
+            if source is not None:
+                shutil.copytree(source, target, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns(".lock"))
+                meta["reused"][key] = source
+                meta["run_seconds"][key] = _source_seconds(source)
+                log(f"{key}: copied the identical finished run {source}")
+            else:
+                t0 = time.perf_counter()
+                loop.run(cfg, target, dataset=dataset, log=log)
+                meta["run_seconds"][key] = meta["run_seconds"].get(key, 0.0) + \
+                    time.perf_counter() - t0
             meta["finished"] = _now()
             records.atomic_write_json(path, meta)
     return meta
+
+
+def _finished(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds a run that finished all its cycles (or stopped)."""
+    state, config = (os.path.join(run_dir, f) for f in ("state.json", "config.json"))
+    if not (os.path.exists(state) and os.path.exists(config)):
+        return False
+    st, cfg = records.read_json(state), records.read_json(config)
+    return st.get("stopped") is not None or st.get("cycle_done") == cfg.get("cycles", 0) - 1
+
+
+def _find_finished(cfg: loop.LoopConfig, seed: int, roots: Sequence[str]) -> Optional[str]:
+    """A finished run with exactly this config under one of the study folders ``roots``."""
+    want = json.loads(records.dumps(cfg.to_dict()))
+    for root in roots:
+        if not os.path.isdir(root):
+            raise ValueError(f"--reuse folder {root} does not exist")
+        for arm in sorted(os.listdir(root)):
+            run_dir = os.path.join(root, arm, f"seed{seed}")
+            config = os.path.join(run_dir, "config.json")
+            if os.path.exists(config) and records.read_json(config) == want \
+                    and _finished(run_dir):
+                return run_dir
+    return None
+
+
+def _source_seconds(run_dir: str) -> float:
+    """The wall time the source study recorded for ``run_dir`` (0 if unknown)."""
+    root, arm, seed = os.path.dirname(os.path.dirname(run_dir)), *run_dir.split(os.sep)[-2:]
+    path = os.path.join(root, "study.json")
+    if not os.path.exists(path):
+        return 0.0
+    return float(records.read_json(path).get("run_seconds", {}).get(f"{arm}/{seed}", 0.0))
 
 
 def _append_unique(items: list, item: str) -> list:

@@ -1,0 +1,224 @@
+"""Active learning on a user's own data, labeled by people through files.
+
+A folder of PNGs and tabular ``.npz`` pools run from the command line; the tests play the
+person who writes the label files between runs.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookahead_jax import data, loop, oracles, records, train
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("circle", "cross", "line")
+
+
+def _cli(*args, cwd=REPO):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+def _image(k: int, rng, size: int = 8) -> np.ndarray:
+    """A learnable picture of class k: a bright row band, column band or diagonal."""
+    img = rng.uniform(0, 60, (size, size))
+    if k == 0:
+        img[size // 2 - 1:size // 2 + 1, :] += 180
+    elif k == 1:
+        img[:, size // 2 - 1:size // 2 + 1] += 180
+    else:
+        img[np.arange(size), np.arange(size)] += 180
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """3 classes with 8 labeled PNGs each, 45 unlabeled (their truth kept aside), a test
+    split; a few images are 10×10 (resized to the common 8×8)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pictures"
+    truth = {}
+    for k, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        (root / "test" / name).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(_image(k, rng, 10 if i == 0 else 8)).save(root / name / f"{i}.png")
+        for i in range(6):
+            Image.fromarray(_image(k, rng)).save(root / "test" / name / f"{i}.png")
+    (root / "unlabeled").mkdir()
+    for i in range(45):
+        k = i % 3
+        rel = f"unlabeled/u{i:02d}.png"
+        Image.fromarray(_image(k, rng)).save(root / rel)
+        truth[rel] = CLASSES[k]
+    return root, truth
+
+
+def test_folder_loader(image_folder):
+    root, _ = image_folder
+    ds = data.load_dataset(f"folder:{root}")
+    assert ds.x_train.shape == (24 + 45, 8, 8, 1) and ds.x_test.shape == (18, 8, 8, 1)
+    assert ds.class_names == CLASSES and ds.num_classes == 3
+    assert int(ds.given.sum()) == 24 and np.all(ds.y_train[~ds.given] == -1)
+    assert ds.items[0] == "circle/0.png" and ds.items[-1] == "unlabeled/u44.png"
+    # normalised with the pool's statistics: mean 0, std 1 over the pool
+    assert abs(float(ds.x_train.mean())) < 1e-5 and abs(float(ds.x_train.std()) - 1) < 1e-4
+
+
+def _answer(request: Path, answer: Path, truth: dict) -> list:
+    rows = list(csv.DictReader(request.open()))
+    assert rows and set(rows[0]) == {"index", "item"}
+    with answer.open("w") as fh:
+        fh.write("index,label\n")
+        for r in rows:
+            fh.write(f"{r['index']},{truth[r['item']]}\n")
+    return [int(r["index"]) for r in rows]
+
+
+def _snapshot(workdir: Path) -> dict:
+    return {f: (workdir / f).read_bytes() for f in ("labels.jsonl", "queries.jsonl",
+                                                     "metrics.jsonl", "state.json")
+            if (workdir / f).exists()}
+
+
+def test_folder_with_the_files_oracle_for_three_cycles(image_folder, tmp_path):
+    root, truth = image_folder
+    work = tmp_path / "work"
+    args = (f"--dataset=folder:{root}", "--oracle=files", "--strategy=mlmoc", "--cycles=3",
+            "--query_size=5", "--subset_size=20", "--epochs=5", "--batch_size=8",
+            f"--workdir={work}")
+    run_dir = work / "mlmoc"
+    answered = []
+    for cycle in range(2):
+        out = _cli(*args)
+        assert out.returncode == 0, out.stderr[-3000:]
+        request = run_dir / "to_label" / f"cycle_{cycle}.csv"
+        assert str(request) in out.stdout and "index,label" in out.stdout
+        answer = run_dir / "labels" / f"cycle_{cycle}.csv"
+        if cycle == 1:   # a malformed file first: refused, and nothing changes
+            before = _snapshot(run_dir)
+            answer.write_text("index,label\n" + "".join(
+                f"{r['index']},triangle\n" for r in csv.DictReader(request.open())))
+            bad = _cli(*args)
+            assert bad.returncode == 2 and "Traceback" not in bad.stderr
+            assert "unknown class 'triangle'; classes: circle, cross, line" in bad.stderr
+            assert _snapshot(run_dir) == before
+        answered += _answer(request, answer, truth)
+    done = _cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cycle 3/3" in done.stdout
+    ledger = records.read_jsonl(str(run_dir / "labels.jsonl"))
+    given = [r["index"] for r in ledger if r["source"] == "given"]
+    asked = [r["index"] for r in ledger if r["source"] == "oracle"]
+    assert len(given) == 24 and sorted(asked) == sorted(answered) and len(asked) == 10
+    ds = data.load_dataset(f"folder:{root}")
+    for r in ledger:
+        if r["source"] == "oracle":
+            assert CLASSES[r["label"]] == truth[ds.items[r["index"]]]
+    metrics = records.read_jsonl(str(run_dir / "metrics.jsonl"))
+    assert [m["num_labeled"] for m in metrics] == [24, 29, 34]
+
+
+@pytest.mark.parametrize("problem, content, message", [
+    ("empty", "", "the file is empty"),
+    ("columns", "idx,label\n", "the header must be 'index,label'"),
+    ("extra", "index,label\n{a},0\n{b},1\n999,1\n", "index 999 was not asked for"),
+    ("duplicate", "index,label\n{a},0\n{a},1\n{b},1\n", "labeled twice"),
+    ("missing", "index,label\n{a},0\n", "1 requested item(s) have no label"),
+    ("range", "index,label\n{a},0\n{b},7\n", "label 7 is outside [0, 3)"),
+    ("not_int", "index,label\nx,0\n{b},1\n", "index 'x' is not an integer"),
+    ("row", "index,label\n{a},0,5\n{b},1\n", "expected 2 columns"),
+])
+def test_bad_label_files_are_one_clear_line(problem, content, message, tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text(content.format(a=3, b=8))
+    with pytest.raises(ValueError) as e:
+        oracles.read_label_file(str(path), [3, 8], 3, CLASSES)
+    assert message in str(e.value) and str(path) in str(e.value)
+    assert "\n" not in str(e.value)
+    ok = tmp_path / "ok.csv"
+    ok.write_text("index,label\n8,line\n3,0\n")
+    np.testing.assert_array_equal(oracles.read_label_file(str(ok), [3, 8], 3, CLASSES), [0, 2])
+
+
+def _tabular_npz(path: Path, known: float, with_truth: bool):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(150, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
+    keep = rng.uniform(size=150) < known
+    y_known = np.where(keep, y, -1)
+    arrays = dict(x=x, y=y_known, class_names=np.array(["a", "b", "c"]))
+    if with_truth:
+        arrays["y_true"] = y
+    np.savez(path, **arrays)
+    return y
+
+
+@pytest.mark.parametrize("strategy", ["mlmoc", "badge"])
+def test_tabular_npz_without_test_split_simulated(strategy, tmp_path):
+    _tabular_npz(tmp_path / "pool.npz", known=0.0, with_truth=True)
+    out = _cli(f"--dataset=npz:{tmp_path / 'pool.npz'}", f"--strategy={strategy}",
+               "--cycles=3", "--initial_size=20", "--query_size=10", "--subset_size=60",
+               "--epochs=5", "--batch_size=8", f"--workdir={tmp_path / 'w'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = records.read_jsonl(str(tmp_path / "w" / strategy / "metrics.jsonl"))
+    assert [m["num_labeled"] for m in metrics] == [20, 30, 40]
+    assert all(m["test_accuracy"] is None for m in metrics) and "n/a" in out.stdout
+
+
+def test_tabular_npz_with_unknown_labels_and_the_files_oracle(tmp_path):
+    truth = _tabular_npz(tmp_path / "pool.npz", known=0.15, with_truth=False)
+    args = (f"--dataset=npz:{tmp_path / 'pool.npz'}", "--strategy=mlmoc,badge", "--cycles=3",
+            "--query_size=6", "--subset_size=40", "--epochs=5", "--batch_size=8",
+            "--oracle=files", f"--workdir={tmp_path / 'w'}")
+    simulated = _cli(*args[:-2], f"--workdir={tmp_path / 'sim'}")
+    assert simulated.returncode == 2 and "--oracle=files" in simulated.stderr
+    for _ in range(10):
+        out = _cli(*args)
+        assert out.returncode == 0, out.stderr[-3000:]
+        if "to label" not in out.stdout:
+            break
+        request = Path(out.stdout.split("listed in ")[1].split("\n")[0])
+        with request.with_name(request.name).open() as fh:
+            rows = list(csv.DictReader(fh))
+        answer = request.parent.parent / "labels" / request.name
+        answer.write_text("index,label\n" + "".join(
+            f"{r['index']},{'abc'[truth[int(r['index'])]]}\n" for r in rows))
+    for s in ("mlmoc", "badge"):
+        metrics = records.read_jsonl(str(tmp_path / "w" / s / "metrics.jsonl"))
+        n0 = metrics[0]["num_labeled"]
+        assert [m["num_labeled"] for m in metrics] == [n0, n0 + 6, n0 + 12]
+        ledger = records.read_jsonl(str(tmp_path / "w" / s / "labels.jsonl"))
+        for r in ledger:
+            assert r["label"] == truth[r["index"]]
+
+
+def test_simulated_oracle_refuses_unknown_labels_before_training(tmp_path, monkeypatch):
+    pool = data.from_arrays(np.random.default_rng(0).normal(size=(60, 4)),
+                            np.r_[np.arange(30) % 2, -np.ones(30, int)])
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained"))
+    cfg = loop.LoopConfig(dataset="digits", strategy="random", cycles=2, query_size=5,
+                          subset_size=20, train=train.TrainConfig(epochs=1, batch_size=8))
+    with pytest.raises(ValueError, match="30 of the pool's 60 items have unknown labels"):
+        loop.run(cfg, None, dataset=pool, log=lambda s: None)
+
+
+def test_from_arrays_scales_uint8_and_checks_labels():
+    x = np.random.default_rng(0).integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
+    ds = data.from_arrays(x, np.r_[np.zeros(10, int), np.ones(10, int)])
+    assert ds.x_train.dtype == np.float32 and abs(float(ds.x_train.mean())) < 1e-5
+    with pytest.raises(ValueError, match=r"y and y_true disagree at pool item 1 \(1 vs 0\)"):
+        data.from_arrays(x, np.r_[[0, 1, 0, 1], -np.ones(16, int)], y_true=np.zeros(20, int))
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+        data.from_arrays(x, np.zeros(20, int))
+    with pytest.raises(ValueError, match="y must hold integer labels"):
+        data.from_arrays(x, np.full(20, 0.5))
+    json.dumps(loop.pool_info(ds))
