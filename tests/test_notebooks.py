@@ -10,10 +10,20 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_three_notebooks():
+def test_there_are_four_notebooks():
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb",
                                            "02_inside_the_lookahead.ipynb",
-                                           "03_sequential_labeling.ipynb"]
+                                           "03_sequential_labeling.ipynb",
+                                           "04_label_your_data.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_colab_install_cell_names_its_one_setting(path):
+    """The install cell has one visible form field saying where the package comes from."""
+    nb = nbformat.read(path, as_version=4)
+    install = next(c.source for c in nb.cells if c.cell_type == "code" and "PACKAGE" in c.source)
+    assert install.count('PACKAGE = ""  # @param {type:"string"}') == 1
+    assert "git+" in install and ".whl" in install and "github.com" not in install
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -6,20 +6,31 @@ Edit the cells here, rerun, commit both. Each notebook reads LOOKAHEAD_NOTEBOOK_
 (set by tests/test_notebooks.py) to run a tiny configuration.
 """
 
+import importlib.util
+import json
 import os
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(os.path.dirname(HERE), "notebooks")
+ROOT = os.path.dirname(HERE)
+OUT = os.path.join(ROOT, "notebooks")
+THEOREM31_JSON = os.path.join(ROOT, "benchmarks", "results", "theorem31_cpu.json")
 
 INSTALL = '''\
-# Colab: install lookahead-jax from its repository (set REPO to where the project lives).
+# @title Install lookahead-jax (Colab only; elsewhere `pip install` the repository first)
+# PACKAGE: where Colab gets the package. Either the project's git URL, as
+# "git+https://<host>/<owner>/lookahead-jax", or a wheel you uploaded in the Files panel,
+# as "/content/lookahead_jax-0.1.0-py3-none-any.whl" (build one with `pip wheel --no-deps .`).
+PACKAGE = ""  # @param {type:"string"}
 import sys
-REPO = "https://github.com/lookahead-jax/lookahead-jax"
 if "google.colab" in sys.modules:
-    %pip install -q "lookahead-jax @ git+{REPO}"
+    if PACKAGE:
+        %pip install -q "{PACKAGE}"
+    else:
+        print("Set PACKAGE in this cell (a git URL of the repository or an uploaded wheel), "
+              "then run it again.")
 '''
 
 SMOKE = '''\
@@ -99,6 +110,16 @@ One seed on a small dataset is noisy. `python -m experiments.figures --figure=fi
 the multi-seed comparison with confidence intervals.
 """),
     ]
+
+
+def theorem31_table() -> str:
+    """benchmarks/theorem31.py's Markdown table of the committed JSON (never typed by hand)."""
+    spec = importlib.util.spec_from_file_location(
+        "theorem31", os.path.join(ROOT, "benchmarks", "theorem31.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with open(THEOREM31_JSON) as f:
+        return mod.markdown_table(json.load(f))
 
 
 def inside_lookahead():
@@ -193,6 +214,35 @@ for ax, (width, (pred, real, rel)) in zip(axes, results.items()):
     ax.set_xlabel("real change f_L+ − f_L (retrained)")
     ax.set_ylabel("predicted change (Eq. 11)")
 plt.tight_layout(); plt.show()
+"""),
+        md("""
+## Over seeds: `benchmarks/theorem31.py`
+
+The run above is one seed, one labeled set and one network per width, so its two numbers
+say little about how the error behaves in general. `benchmarks/theorem31.py` repeats the
+comparison over seeds (each seed: a new initialisation, labeled set, candidates and
+evaluation points) at widths 256, 1024 and 4096, for the single-logit kernel the
+strategies use by default and for the full C × C kernel. The network there is a
+one-hidden-layer tanh MLP in the NTK parameterisation (the setting of the paper's proof),
+trained with full-batch gradient descent until every training residual is below 1e-8,
+then retrained warm from f_L on L⁺ to the same tolerance. The toy problem is 3-d inputs,
+2 classes, 8 labeled points and 1 candidate per seed; digits is 30 labeled points, 3
+candidates and 200 test points per seed. The relative error
+‖f_{L+} − f^lin_{L+}‖ / ‖f_{L+} − f_L‖ on the evaluation points, median [min, max] over
+seeds:
+
+""" + theorem31_table() + """
+
+Made by `taskset -c 0 python benchmarks/theorem31.py` on one CPU core (every per-seed
+number, the residual of every training, the machine and the load average are in
+`benchmarks/results/theorem31_cpu.json`; `python benchmarks/theorem31.py --table
+benchmarks/results/theorem31_cpu.json` prints this table). Two things stand out. First,
+the full kernel's error falls roughly like 1/width, as the kernel drift does (the
+linearisation error); the single-logit kernel's error falls more slowly, roughly like
+1/√width, because Θ¹ ⊗ I_C differs from the full kernel by the random fluctuation between
+the output units' kernels. Second, the spread over seeds is wide: one seed can be several
+times worse than the median, so a single run (like the one above) can show a narrower
+network beating a wider one.
 """),
         md("""
 MLMOC scores are sums of these changes (Eq. 13). Do the predicted scores rank the
@@ -335,6 +385,102 @@ print("network retrained with SGD on the same labels:",
     ]
 
 
+def label_your_data():
+    return [
+        md("""
+# Label your own data: a person answers, the look-ahead learns at once
+
+Your pool has a few labels and many unknown ones. Here a small network is trained on the
+known labels, and then *you* label: each click is absorbed by the NTK look-ahead's
+rank-one update (the paper's sequential mode), so the next most informative item appears
+immediately, without retraining. Every answer is written to disk before the next item is
+shown, and a restarted notebook resumes after the last answer.
+
+We use scikit-learn's digits as a stand-in for your data: 40 labels known, the rest
+unknown. With your own data, build the pool with `data.from_arrays(x, y)` (−1 for
+unknown labels), `data.load_dataset("npz:my_pool.npz")` or
+`data.load_dataset("folder:my_images")`.
+"""),
+        code(INSTALL),
+        code(SMOKE + """
+import os
+import jax
+import numpy as np
+from lookahead_jax import data, labeler, models, train
+
+digits = data.load_dataset("digits")
+rng = np.random.default_rng(0)
+known = rng.choice(len(digits.x_train), 40, replace=False)
+y = np.full(len(digits.x_train), -1)
+y[known] = digits.y_train[known]
+pool = data.from_arrays(digits.x_train, y, x_test=digits.x_test, y_test=digits.y_test,
+                        class_names=[str(c) for c in range(10)], name="my_digits")
+print(int(pool.given.sum()), "labels known of", len(pool.x_train))
+"""),
+        md("Train the network f_L on the known labels (any `models.Model` works here):"),
+        code("""
+model = models.get_model("mlp", pool.num_classes, widths=(256,))
+cfg = train.TrainConfig(epochs=10 if SMOKE else 40, batch_size=16)
+labeled = np.flatnonzero(pool.given)
+state, _ = train.fit(train.create_train_state(model, model.init(jax.random.key(0),
+                                                                pool.x_train[:1]), cfg),
+                     pool.x_train[labeled], pool.y_train[labeled], cfg, key=jax.random.key(1))
+print("test accuracy with", labeled.size, "labels:",
+      train.accuracy(model, state.variables, pool.x_test, pool.y_test))
+"""),
+        md("""
+Label. Click the class of the item shown; **Skip** withdraws an item, **Undo** takes the
+last answer back. The answers are kept in `my_labels/answers.jsonl`.
+"""),
+        code("""
+session = labeler.LabelingSession(pool, model, state.variables, folder="my_labels",
+                                  labeled=labeled, max_labels=10 if SMOKE else 40,
+                                  max_candidates=300 if SMOKE else 1000)
+ui = labeler.Labeler(session)
+ui.widget
+"""),
+        md("""
+In CI nobody clicks: this cell plays the person, clicking the true class (which only the
+simulation knows) until the session is done. Skip it when you label yourself.
+"""),
+        code("""
+if SMOKE or os.environ.get("LOOKAHEAD_SIMULATED_CLICKER") == "1":
+    while not session.done:
+        ui.buttons[int(digits.y_train[session.current])].click()
+print(session.num_answered, "answers on disk:", session.path)
+"""),
+        md("What was asked, in order, with the answers:"),
+        code("""
+import matplotlib.pyplot as plt
+asked = [(i, y) for i, y in session.answers if y >= 0][:10]
+fig, axes = plt.subplots(1, len(asked), figsize=(1.3 * len(asked), 1.6), squeeze=False)
+for ax, (i, y) in zip(axes[0], asked):
+    ax.imshow(pool.x_train[i, :, :, 0], cmap="gray"); ax.set_title(str(y)); ax.axis("off")
+plt.show()
+"""),
+        md("When you are done, retrain with SGD on everything labeled so far:"),
+        code("""
+answers = session.labels()
+idx = np.concatenate([labeled, np.fromiter(answers, int)])
+ys = np.concatenate([pool.y_train[labeled], np.fromiter(answers.values(), int)])
+state2, _ = train.fit(train.create_train_state(model, state.variables, cfg), pool.x_train[idx],
+                      ys, cfg, key=jax.random.key(2))
+print("test accuracy with", idx.size, "labels:",
+      train.accuracy(model, state2.variables, pool.x_test, pool.y_test))
+"""),
+        md("""
+The same work without a notebook, with any labeling tool: run the loop with the files
+oracle, label the CSV it writes, and run the same command again.
+
+```bash
+python -m experiments.main --dataset=npz:my_pool.npz --oracle=files --strategy=mlmoc
+# → writes runs/.../mlmoc/to_label/cycle_0.csv; you write .../labels/cycle_0.csv
+#   (header index,label) and run the same command again
+```
+"""),
+    ]
+
+
 def write(name, cells):
     nb = new_notebook(cells=cells, metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
@@ -348,3 +494,4 @@ if __name__ == "__main__":
     write("01_quickstart.ipynb", quickstart())
     write("02_inside_the_lookahead.ipynb", inside_lookahead())
     write("03_sequential_labeling.ipynb", sequential_labeling())
+    write("04_label_your_data.ipynb", label_your_data())
