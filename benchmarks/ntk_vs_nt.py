@@ -38,7 +38,7 @@ float32 matmul peak of this run (``--peak-n``² jnp matmul in a child of our ven
 median of 5, at the start and at the end of the run; the larger is used); the FLOP
 count of each case (nt_timing's ``case_info``: Jacobian work 3·F·(n1+n2) plus the
 Jacobian contraction 2·n1·n2·P; for ours also the work it actually performs: forward
-and backward 2·F·(n1+n2), Jacobian rows of unstructured layers, its contraction) and
+and backward passes, Jacobian rows of unstructured layers, its contraction) and
 each side's time as a fraction of the FLOP floor (the smaller count / peak):
 fraction = floor_s / median_s.
 
@@ -245,17 +245,20 @@ def add_floor(rec, peak_gflops):
     """FLOP floors at the measured peak and each side's time as a fraction of them.
 
     ``total_flops_est`` is nt_timing's Jacobian-contraction count (3F per example plus
-    2·n1·n2·P); ``ours_total_flops`` counts what our engine performs: a forward and one
-    backward pass (2F per example), the Jacobian rows ``Σ_s a_s ⊗ δ_s`` of the layers it
-    does not contract structurally, and its contraction (structured blocks, folded
-    biases). ``floor_flops`` is the smaller: the fewest FLOPs either method needs.
+    2·n1·n2·P); ``ours_total_flops`` counts what our engine performs: the forward pass
+    and the backward pass of the output cotangents (matmul/conv FLOPs of the traced
+    program; the first layer needs no input gradient), the Jacobian rows
+    ``Σ_s a_s ⊗ δ_s`` of the layers it does not contract structurally, and its
+    contraction (structured blocks, folded biases). ``floor_flops`` is the smaller: the
+    fewest FLOPs either method needs.
     """
     peak = peak_gflops * 1e9
     cost = rec.get("ours_cost")
-    if cost:   # forward + one backward (≈ 2F per example), rows Σ a⊗δ, contraction
+    if cost:   # forward + backward passes, rows Σ a⊗δ, contraction
         n = rec["n1"] + rec["n2"]
-        rec["ours_total_flops"] = (2 * rec["fwd_flops_per_example"] * n + cost["row_flops"]
-                                   + cost["contraction_flops"])
+        passes = cost.get("fwd_flops_per_example", rec["fwd_flops_per_example"]) + cost.get(
+            "bwd_flops_per_example", rec["fwd_flops_per_example"])
+        rec["ours_total_flops"] = passes * n + cost["row_flops"] + cost["contraction_flops"]
     rec["floor_flops"] = min(rec["total_flops_est"],
                              rec.get("ours_total_flops", rec["total_flops_est"]))
     rec["floor_s"] = rec["floor_flops"] / peak

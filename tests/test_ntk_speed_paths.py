@@ -230,6 +230,9 @@ def test_kernel_cost_counts_structured_contraction():
     pair = 2 * (12 + 6 + 1) + 2 * (6 + 3 + 1)
     assert cost["implementation"] == "structured" and cost["pair_flops"] == pair
     assert cost["contraction_flops"] == pair * 5 * 4 and cost["row_flops"] == 0
+    # forward: both matmuls; backward: only the second (the first's input is x)
+    assert cost["fwd_flops_per_example"] == 2 * (12 * 6 + 6 * 3)
+    assert cost["bwd_flops_per_example"] == 2 * 6 * 3
     jac = ntk_lib._kernel_cost(mlp_bias, params, x, x[:4], implementation="jacobian")
     n_params = 12 * 6 + 6 + 6 * 3 + 3
     assert jac["pair_flops"] == 2 * n_params

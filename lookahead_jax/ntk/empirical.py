@@ -429,20 +429,54 @@ def _plan_uncached(fstatic, fleaves, params, x, output, implementation, precisio
 def _kernel_cost(f, params, x1, x2=None, output="first_logit", implementation="auto"):
     """What :func:`empirical_ntk_fn` will do for these shapes: a dict (for benchmarks).
 
-    ``contraction_flops``: multiply-adds × 2 of the kernel contraction (Jacobian rows and
-    structured blocks); ``row_flops``: assembling Jacobian rows ``Σ_s a_s ⊗ δ_s`` of the
-    layers not contracted structurally (on top of the forward/backward passes).
+    ``fwd_flops_per_example`` / ``bwd_flops_per_example``: the dot_general and
+    convolution FLOPs of one example's forward pass, and of the backward pass that
+    propagates the K output cotangents (through every such op whose activation operand
+    depends on a parameter); ``contraction_flops``: multiply-adds × 2 of the kernel
+    contraction (Jacobian rows and structured blocks); ``row_flops``: assembling
+    Jacobian rows ``Σ_s a_s ⊗ δ_s`` of the layers not contracted structurally.
     """
     fstatic, fleaves = _split_f(f)
     x1 = jnp.asarray(x1)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else np.shape(x2)[0]
     plan = _make_plan(fstatic, fleaves, params, x1, output, implementation, None)
+    _, prog, _, _, _ = _structured_plan(_join_f(fstatic, fleaves), params,
+                                        (1, *x1.shape[1:]), x1.dtype, output)
+    fwd, bwd = _pass_flops(prog)
     return dict(implementation=plan.implementation, n1=n1, n2=n2,
+                fwd_flops_per_example=fwd, bwd_flops_per_example=bwd,
                 pair_flops=plan.pair_flops,
                 contraction_flops=plan.pair_flops * n1 * (n2 if x2 is not None else n1),
                 row_flops=plan.row_flops * (n1 + (n2 if x2 is not None else 0)),
                 feature_bytes_per_example=plan.feat_bytes, step=plan.step)
+
+
+def _pass_flops(prog) -> tuple[int, int]:
+    """(forward, backward) dot_general + convolution FLOPs of the traced one-example program."""
+    k = prog.avals[prog.out_refs[0][1]].shape[-1]
+    param_dep = set(prog.in_ids[:-1])
+    fwd = bwd = 0
+    for node in prog.nodes:
+        if any(r[0] == "v" and r[1] in param_dep for r in node.ins):
+            param_dep.update(node.outs)
+        name = node.prim.name
+        if name not in ("dot_general", "conv_general_dilated") or node.ins[0][0] != "v":
+            continue
+        out = math.prod(prog.avals[node.outs[0]].shape)
+        if name == "dot_general":
+            (ca, _), _ = node.params["dimension_numbers"]
+            lhs = prog.avals[node.ins[0][1]].shape
+            flops = 2 * out * math.prod(lhs[d] for d in ca)
+        else:
+            _, rhs_spec, _ = node.params["dimension_numbers"]
+            rhs = prog.avals[node.ins[1][1]].shape if node.ins[1][0] == "v" \
+                else np.shape(node.ins[1][1])
+            flops = 2 * out * math.prod(rhs[d] for d in rhs_spec[1:])
+        fwd += flops
+        if node.ins[0][1] in param_dep:
+            bwd += k * flops
+    return fwd, bwd
 
 
 def _mesh():
