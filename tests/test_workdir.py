@@ -1,0 +1,234 @@
+"""The workdir holds the only copy of what people answered: it is locked, checked whenever
+it is opened, repaired where a crash tore a line, and never half-written."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookahead_jax import loop, records, train
+from lookahead_jax.records import RecordError
+from lookahead_jax.workdir import Workdir, WorkdirError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(**kw):
+    base = dict(dataset="digits", model="mlp", model_kwargs=(("widths", (32,)),),
+                strategy="margin", cycles=4, initial_size=20, query_size=8, subset_size=60,
+                seed=3, train=train.TrainConfig(epochs=3, batch_size=16))
+    base.update(kw)
+    return loop.LoopConfig(**base)
+
+
+def _run(workdir, dataset, **kw):
+    return loop.run(kw.pop("config", _config()), str(workdir), dataset=dataset,
+                    log=lambda s: None, **kw)
+
+
+def _summary(res):
+    return [q["indices"] for q in res.queries], [m["test_accuracy"] for m in res.metrics]
+
+
+@pytest.fixture
+def finished(tmp_path, tiny_dataset):
+    res = _run(tmp_path / "w", tiny_dataset)
+    return tmp_path / "w", res
+
+
+def _edit_row(path, n, fn):
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    rows[n] = fn(rows[n])
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_an_edited_label_is_refused_naming_the_file_and_row(finished, tiny_dataset):
+    w, _ = finished
+    _edit_row(w / "labels.jsonl", 5, lambda r: {**r, "label": (r["label"] + 1) % 4})
+    with pytest.raises(RecordError, match=r"labels.jsonl row 6 was changed after it was "
+                                          r"written"):
+        _run(w, tiny_dataset)
+
+
+def test_an_edited_query_label_is_refused(finished, tiny_dataset):
+    w, _ = finished
+    _edit_row(w / "queries.jsonl", 1, lambda r: {**r, "labels": [(y + 1) % 4 for y in
+                                                                 r["labels"]]})
+    with pytest.raises(RecordError, match="queries.jsonl row 2 was changed"):
+        _run(w, tiny_dataset)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda w: os.unlink(w / "metrics.jsonl"), "metrics.jsonl is missing but the last "
+                                               "finished cycle"),
+    (lambda w: os.unlink(w / "labels.jsonl"), "labels.jsonl is missing"),
+    (lambda w: (w / "labels.jsonl").write_text(
+        "".join((w / "labels.jsonl").read_text().splitlines(True)[:30])), "rows were deleted"),
+    (lambda w: records.atomic_write_json(str(w / "state.json"), {"cycle_done": 2}),
+     "state.json is damaged: the key 'ledgers' is missing"),
+    (lambda w: records.atomic_write_json(
+        str(w / "state.json"), {**records.read_json(str(w / "state.json")), "cycle_done": 99}),
+     "state.json says cycle 99 finished but metrics.jsonl holds 4 rows"),
+    (lambda w: (w / "config.json").write_text("{not json"), r"config.json is damaged: not "
+                                                            r"valid JSON"),
+    (lambda w: __import__("shutil").rmtree(w / "checkpoints" / "3"),
+     r"checkpoints/3 is missing: the network of cycle 3 was deleted"),
+])
+def test_damaged_records_are_refused_naming_the_file(finished, tiny_dataset, damage,
+                                                     message):
+    w, _ = finished
+    damage(w)
+    with pytest.raises(ValueError, match=message):
+        _run(w, tiny_dataset, config=_config(cycles=5))
+
+
+def test_torn_last_lines_are_repaired_and_the_run_resumes_identically(tmp_path, tiny_dataset):
+    full = _run(tmp_path / "full", tiny_dataset)
+    part = tmp_path / "part"
+    _run(part, tiny_dataset, stop_after_cycle=1)
+    for name in ("labels", "queries", "metrics"):      # a crash mid-append in each ledger
+        with open(part / f"{name}.jsonl", "a") as fh:
+            fh.write('{"cycle": 2, "ind')
+    notes = []
+    resumed = loop.run(_config(), str(part), dataset=tiny_dataset, log=notes.append)
+    assert sum("removed a torn last line" in n for n in notes) == 3
+    assert _summary(resumed) == _summary(full)
+    for name in ("labels", "queries", "metrics"):
+        records.read_jsonl(str(part / f"{name}.jsonl"), strict=True)   # whole lines only
+
+
+@pytest.mark.parametrize("answer, message", [
+    (42, r"the oracle answered 42, outside \[0, 4\)"),
+    (-1, r"the oracle answered -1, outside \[0, 4\)"),
+    (1.5, "labels must be integers"),
+    (None, "the oracle returned None"),
+])
+def test_bad_oracle_answers_are_refused_before_anything_is_written(
+        tmp_path, tiny_dataset, answer, message):
+    w = tmp_path / "w"
+    calls = []
+
+    def oracle(idx):
+        calls.append(len(idx))
+        if len(calls) == 2:                 # cycle 0's query: a bad batch
+            return None if answer is None else np.full(len(idx), answer)
+        return tiny_dataset.y_train[idx]
+
+    with pytest.raises(ValueError, match=message):
+        _run(w, tiny_dataset, oracle=oracle)
+    assert len(records.read_jsonl(str(w / "labels.jsonl"))) == 20     # the initial set only
+    good = _run(w, tiny_dataset)                                      # still usable
+    assert _summary(good) == _summary(_run(tmp_path / "ref", tiny_dataset))
+
+
+def test_a_finished_run_extends_to_more_cycles(tmp_path, tiny_dataset):
+    _run(tmp_path / "short", tiny_dataset, config=_config(cycles=3))
+    extended = _run(tmp_path / "short", tiny_dataset, config=_config(cycles=5))
+    straight = _run(tmp_path / "long", tiny_dataset, config=_config(cycles=5))
+    assert _summary(extended) == _summary(straight)
+    assert records.read_json(str(tmp_path / "short" / "config.json"))["cycles"] == 5
+    with pytest.raises(WorkdirError, match="cycles may only grow"):
+        _run(tmp_path / "short", tiny_dataset, config=_config(cycles=4))
+
+
+def test_unusable_workdirs_are_one_clear_line(tmp_path, tiny_dataset):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(WorkdirError, match="is a file, not a folder"):
+        _run(a_file, tiny_dataset)
+    with pytest.raises(WorkdirError, match="is under a file, not a folder"):
+        _run(a_file / "sub", tiny_dataset)
+    if os.geteuid() != 0:                         # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(WorkdirError, match="not writable"):
+            _run(ro, tiny_dataset)
+
+
+def test_a_full_disk_leaves_no_partial_file(tmp_path, tiny_dataset, monkeypatch):
+    w = tmp_path / "w"
+    _run(w, tiny_dataset, config=_config(cycles=2))
+    before = {p: p.read_bytes() for p in w.iterdir() if p.is_file() and p.name != ".lock"}
+    real = os.fsync
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        records.atomic_write_json(str(w / "state.json"), {"x": 1})
+    monkeypatch.setattr(os, "fsync", real)
+    after = {p: p.read_bytes() for p in w.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == before and not list(w.glob(".*.tmp"))
+
+
+def test_records_are_readable_like_any_file(finished):
+    w, _ = finished
+    mask = os.umask(0)
+    os.umask(mask)
+    want = 0o666 & ~mask
+    for p in [w / "config.json", w / "state.json", w / "metrics.jsonl",
+              *[q for q in (w / "checkpoints").rglob("*") if q.is_file()]]:
+        assert stat.S_IMODE(p.stat().st_mode) == want, p
+
+
+def test_the_workdir_lock_names_the_other_process(tmp_path):
+    with Workdir.open(str(tmp_path)):
+        child = subprocess.run(
+            [sys.executable, "-c", "from lookahead_jax.workdir import Workdir;"
+             f"Workdir.open({str(tmp_path)!r})"], capture_output=True, text=True)
+        assert child.returncode != 0
+        assert f"is in use by process {os.getpid()}" in child.stderr
+    Workdir.open(str(tmp_path)).close()          # released: usable again
+
+
+def _cli(*args):
+    return subprocess.Popen([sys.executable, "-m", "experiments.main", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_two_processes_on_one_workdir(tmp_path):
+    args = ("--strategy=random", "--cycles=4", "--initial_size=30", "--query_size=10",
+            "--subset_size=100", "--epochs=20", f"--workdir={tmp_path}")
+    first = _cli(*args)
+    lock = tmp_path / "random" / ".lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (lock.exists() and lock.read_text()):
+        time.sleep(0.2)
+    second = _cli(*args)
+    out2, err2 = second.communicate(timeout=300)
+    out1, err1 = first.communicate(timeout=600)
+    assert first.returncode == 0, err1[-2000:]
+    assert second.returncode == 2 and "Traceback" not in err2
+    assert f"is in use by process {first.pid}" in err2
+    rows = records.read_jsonl(str(tmp_path / "random" / "metrics.jsonl"))
+    assert [r["cycle"] for r in rows] == [0, 1, 2, 3]             # each cycle once
+    labels = records.read_jsonl(str(tmp_path / "random" / "labels.jsonl"))
+    assert len(labels) == len({r["index"] for r in labels}) == 60
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
+    args = ("--strategy=random", "--cycles=6", "--initial_size=30", "--query_size=10",
+            "--subset_size=100", "--epochs=30", f"--workdir={tmp_path}")
+    proc = _cli(*args)
+    state = tmp_path / "random" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not state.exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().startswith("interrupted: finished cycles are kept in")
+    assert len(err.strip().splitlines()) == 1
+    again = _cli(*args)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0 and "resuming" in out, err[-2000:]
