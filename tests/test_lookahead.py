@@ -572,70 +572,48 @@ def test_no_recompilation_across_cycles_and_steps():
 # ----------------------------------------------------------------------------- Theorem 3.1
 
 
-def _mlp_ntk_param(key, width, d_in=3, d_out=2):
-    k1, k2 = jax.random.split(key)
-    return {"W1": jax.random.normal(k1, (d_in, width)), "b1": jnp.zeros(width),
-            "W2": jax.random.normal(k2, (width, d_out)), "b2": jnp.zeros(d_out)}
+def _theorem31_benchmark():
+    """benchmarks/theorem31.py as a module (the test runs the benchmark's own code)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "theorem31", os.path.join(REPO, "benchmarks", "theorem31.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def _mlp_apply(p, x):
-    h = jnp.tanh(x @ p["W1"] / np.sqrt(x.shape[-1]) + 0.1 * p["b1"])
-    return h @ p["W2"] / np.sqrt(h.shape[-1]) + 0.1 * p["b2"]
-
-
-def _train_gd(params, x, y, steps, lr):
-    def loss(p):
-        return 0.5 * jnp.sum((_mlp_apply(p, x) - y) ** 2)
-
-    g = jax.grad(loss)
-    return jax.lax.fori_loop(0, steps,
-                             lambda _, p: jax.tree.map(lambda a, b: a - lr * b, p, g(p)),
-                             params)
-
-
-def _brute_ntk_full(params, x1, x2):
-    """Θ(x1, x2) (n1, n2, C, C) by jacrev, flattened and contracted (float64)."""
-    def jac(x):
-        j = jax.vmap(jax.jacrev(lambda p, xi: _mlp_apply(p, xi[None])[0]), (None, 0))(params, x)
-        return jnp.concatenate([a.reshape(x.shape[0], a.shape[1], -1)
-                                for a in jax.tree.leaves(j)], -1)
-
-    return jnp.einsum("icp,jdp->ijcd", jac(x1), jac(x2))
-
-
-def retrain_vs_linearised(width, seed=0, n=8, n_eval=20, steps=20000, lr=0.3):
-    """Relative error ‖f_{L+} − f^lin_{L+}‖ / ‖f_{L+} − f_L‖ on held-out points (Eq. 11)."""
-    key = jax.random.PRNGKey(seed)
-    kx, kp = jax.random.split(key)
-    x = jax.random.normal(kx, (n + 1 + n_eval, 3))
-    y = (x[:, 0] > 0).astype(jnp.int32)
-    xl, yl, xc, xe = x[:n], y[:n], x[n:n + 1], x[n + 1:]
-    p0 = _mlp_ntk_param(kp, width)
-    pl = _train_gd(p0, xl, jax.nn.one_hot(yl, 2), steps, lr)
-    f_l, f_c, f_e = _mlp_apply(pl, xl), _mlp_apply(pl, xc), _mlp_apply(pl, xe)
-    y_c = jnp.argmax(f_c, -1)          # the pseudo-label, as in MLMOC
-    x_plus = jnp.concatenate([xl, xc])
-    p_plus = _train_gd(pl, x_plus, jax.nn.one_hot(jnp.concatenate([yl, y_c]), 2), steps, lr)
-    retrained = _mlp_apply(p_plus, xe)
-    st, spec, _ = la.build_system(
-        _brute_ntk_full(pl, xl, xl), _brute_ntk_full(pl, xc, xl), np.asarray(yl),
-        np.asarray(f_l), np.asarray(f_c), num_classes=2, k_uu=_brute_ntk_full(pl, xc, xc),
-        k_el=_brute_ntk_full(pl, xe, xl), k_eu=_brute_ntk_full(pl, xe, xc), f_e=np.asarray(f_e),
-        jitter=0.0, chunk_size=1)
-    lin = np.asarray(la.lookahead_outputs(spec, st, labels=y_c))[0]
-    resid = float(jnp.max(jnp.abs(_mlp_apply(p_plus, x_plus) - jax.nn.one_hot(
-        jnp.concatenate([yl, y_c]), 2))))
-    assert resid < 1e-3, f"width {width}: GD did not converge (max residual {resid})"
-    return float(np.linalg.norm(retrained - lin) / np.linalg.norm(retrained - f_e))
+# What benchmarks/theorem31.py measured (benchmarks/results/theorem31_cpu.json; toy and
+# digits, seeds 0-7 each, widths 256 / 1024 / 4096, every training converged to a max
+# residual < 1e-8) holds for EVERY seed, both problems and both kernels:
+#   (a) each seed's error at width 4096 is below its error at width 256: by a factor of
+#       at least 2.0 for the single-logit kernel (toy seed 6: 0.093 -> 0.046) and 6.9 for
+#       the full kernel (toy seed 6: 0.047 -> 0.0068). (256 > 1024 > 4096 also held for
+#       every seed, but toy seed 6 with the full kernel passed it by 0.1% (0.04742 >
+#       0.04738), too thin to assert.)
+#   (b) on the toy, the error at width 4096 is at most 0.068 (single-logit, seed 2) and
+#       0.020 (full kernel, seed 2); the bounds below are ~2x those maxima.
+# The test re-runs the benchmark's own code on the toy for seeds 0-2 (seed 2 is the
+# worst at 4096 for both kernels) at widths 256 and 4096 and asserts (a) and (b). Each
+# retraining must also converge. (An earlier test asserted 256 > 1024 > 4096 for one seed
+# of a toy trained for a fixed 20,000 steps; that held for its seed only.)
+THEOREM31_BOUND_4096 = {"first_logit": 0.15, "full": 0.05}
 
 
 @pytest.mark.slow
-def test_theorem_3_1_linearised_retraining_matches_with_width():
+def test_theorem_3_1_error_falls_with_width_for_every_seed():
+    bench = _theorem31_benchmark()
     with jax.enable_x64(True):
-        errs = {w: retrain_vs_linearised(w) for w in (256, 1024, 4096)}
-    print("relative error of Eq. 11 vs retraining, per width:", errs)
-    assert errs[256] > errs[1024] > errs[4096]
-    assert errs[4096] < 0.02
+        runs = {(w, seed): bench.run_one("toy", w, seed, bench.SIZES["toy"], bench.TRAIN_KW)
+                for w in (256, 4096) for seed in (0, 1, 2)}
+    for (w, seed), r in runs.items():
+        assert r["converged"], (w, seed, r["train_f_L"], r["retrain"])
+    for kernel, bound in THEOREM31_BOUND_4096.items():
+        errs = {key: r["rel_error"][kernel] for key, r in runs.items()}
+        print(kernel, {k: f"{v:.3g}" for k, v in errs.items()})
+        for seed in (0, 1, 2):
+            assert errs[4096, seed] < errs[256, seed], (kernel, seed, errs)
+            assert errs[4096, seed] < bound, (kernel, seed, errs)
 
 
 # ----------------------------------------------------------------------------- strategy glue
