@@ -188,6 +188,10 @@ def main(argv: Sequence[str]) -> None:
         _fail(str(e), 2)
     except FloatingPointError as e:                     # diverged training, bad scores
         _fail(f"{e}\n{_kept(workdir, names)}", 1)
+    except OSError as e:                                # a full disk, a vanished folder
+        where = f" ({e.filename})" if e.filename else ""
+        _fail(f"cannot read or write the records{where}: {e.strerror or e}; nothing "
+              f"half-written was left. {_kept(workdir, names)}", 1)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {_kept(workdir, names)}", file=sys.stderr)
         sys.exit(130)

@@ -263,10 +263,6 @@ def validate_config(config: LoopConfig, pool_size: Optional[int] = None, *,
         if config.cycles > 1 and \
                 effective_subset_size(config, pool_size, n0) < config.query_size:
             raise ValueError("the pool cannot supply a candidate subset as large as the query")
-        if config.train.batch_size > need:
-            raise ValueError(f"train.batch_size ({config.train.batch_size}) is larger than "
-                             f"the most labels this run will have ({need}); every batch "
-                             "would be mostly padding")
     return options
 
 
@@ -422,6 +418,7 @@ class RunSetup:
     subset: int
     capacity: int
     stop_set: Optional[np.ndarray]
+    train: train_lib.TrainConfig   # config.train, batch size at most the capacity
 
 
 def setup(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
@@ -456,12 +453,16 @@ def setup(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
     if any(c.needs_stop_set for c, _ in criteria):
         gen = rng.numpy_rng(rng.key(config.seed, "stop"))
         stop_set = np.sort(gen.choice(pool, min(config.stop_set_size, pool), replace=False))
+    capacity = labeled_capacity(config, initial.size)
+    # A batch larger than every labeled set this run will have is one padded batch per
+    # epoch; the capacity gives exactly the same steps without the padding's cost.
+    tcfg = dataclasses.replace(config.train, batch_size=min(config.train.batch_size, capacity))
     return RunSetup(config=config, dataset=dataset, model=model, strategy=strategy,
-                    options=options, criteria=criteria,
+                    options=options, criteria=criteria, train=tcfg,
                     oracle=_choose_oracle(config, dataset, workdir, oracle, initial),
                     aux_loss=strategy.aux_loss(options) if strategy.aux_loss else None,
                     initial=initial, subset=effective_subset_size(config, pool, initial.size),
-                    capacity=labeled_capacity(config, initial.size), stop_set=stop_set)
+                    capacity=capacity, stop_set=stop_set)
 
 
 def _check_labels(dataset) -> None:
@@ -528,7 +529,7 @@ def train_cycle(run: RunSetup, state: ALState, variables: Variables
     tstate = train_lib.create_train_state(run.model, start, config.train)
     tstate, train_loss = train_lib.fit(tstate, run.dataset.x_train[labeled_idx],
                                        state.labels[labeled_idx],
-                                       train_lib.cycle_config(config.train, from_init),
+                                       train_lib.cycle_config(run.train, from_init),
                                        key=rng.key(config.seed, "train", cycle),
                                        aux_loss=run.aux_loss)
     variables = tstate.variables
@@ -723,6 +724,10 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
         wd.check_pool(pool_info(run_.dataset))
         wd.recover()
         rec = RecordingOracle(run_.oracle, wd, run_.dataset.num_classes)
+        if run_.train.batch_size < run_.config.train.batch_size:
+            log(f"[{run_.config.strategy}] train.batch_size {run_.config.train.batch_size} is "
+                f"more than the most labels this run will have: batches of "
+                f"{run_.train.batch_size} (the same steps, without the padding)")
         state, variables, queries, memory = resume(run_, wd, rec, log, old_cycles)
         stopped = wd.stopped()
         trained = _pending(run_, wd, state, variables)

@@ -1,0 +1,364 @@
+"""Every bad input a new user met, and the exact line the project prints for it now.
+
+    python tools/bad_inputs.py            # writes docs/BAD_INPUTS.md
+    python tools/bad_inputs.py --check    # regenerates and compares (tests/test_bad_inputs.py)
+
+Each case does what a user did (a command line, a library call, a damaged workdir) in a
+scratch folder, and records the outcome: *refused* (one line, before any work; from the
+command line exit status 2), *repaired* (the run said what it fixed and went on), or
+*handled*. The table is generated, never typed: paths, process ids and times are replaced
+by placeholders so that it is the same on every machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lookahead_jax import data, loop, models, records, strategies, train  # noqa: E402
+
+OUT = REPO / "docs" / "BAD_INPUTS.md"
+
+
+@dataclasses.dataclass
+class Case:
+    group: str
+    what: str
+    run: Callable[[Path], tuple]      # scratch -> (outcome, message, exit status or None)
+
+
+def _tiny(n_train=160, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_train + 40, 4, 4, 1)).astype(np.float32)
+    y = (x[:, 0, 0, 0] > 0).astype(np.int32) + 2 * (x[:, 1, 1, 0] > 0)
+    return data.Dataset("tiny", x[:n_train], y[:n_train], x[n_train:], y[n_train:], 4)
+
+
+def _config(**kw):
+    base = dict(dataset="digits", model="mlp", model_kwargs=(("widths", (16,)),),
+                strategy="margin", cycles=3, initial_size=20, query_size=6, subset_size=40,
+                seed=1, train=train.TrainConfig(epochs=2, batch_size=16))
+    base.update(kw)
+    return loop.LoopConfig(**base)
+
+
+def _quiet(**kw):
+    return loop.run(_config(**kw.pop("config", {})), kw.pop("workdir"), dataset=_tiny(),
+                    log=lambda s: None, **kw)
+
+
+def api(fn) -> tuple:
+    """Calls ``fn``; a refusal is the exception's one line."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001  (the table records whatever is raised)
+        msg = str(e)
+        return ("refused" if "\n" not in msg else "refused (several lines)",
+                f"{type(e).__name__}: {msg}", None)
+    return "accepted", "", None
+
+
+CLI_ARGS = ("--cycles=2", "--initial_size=20", "--query_size=5", "--subset_size=40",
+            "--epochs=1", "--strategy=random")
+
+
+def cli(*args, scratch: Path, wait_for: str = "", interrupt: bool = False) -> tuple:
+    """``python -m experiments.main`` with ``args``; returns the last stderr line."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.main", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if interrupt:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (scratch / wait_for).exists():
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=900)
+    if "Traceback" in err:
+        return "TRACEBACK", err.strip().splitlines()[-1], proc.returncode
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    if proc.returncode == 0:
+        said = [ln for ln in out.splitlines()
+                if ln.startswith(("repaired", "resuming")) or "batch_size" in ln]
+        return "handled", " / ".join(said) or "ran", 0
+    return "refused", lines[-1] if len(lines) == 1 else " / ".join(lines), proc.returncode
+
+
+def finished_run(scratch: Path) -> Path:
+    """A finished 3-cycle run (made through the library, copied for each case)."""
+    w = scratch / "finished"
+    if not w.exists():
+        _quiet(workdir=str(w))
+    return w
+
+
+def damaged(scratch: Path, damage: Callable[[Path], None], **kw) -> tuple:
+    w = scratch / "damaged"
+    shutil.copytree(finished_run(scratch), w, ignore=shutil.ignore_patterns(".lock"))
+    damage(w)
+    return api(lambda: _quiet(workdir=str(w), **kw))
+
+
+def _edit(path: Path, n: int, fn) -> None:
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    rows[n] = fn(rows[n])
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _ctx(**change):
+    m = models.get_model("mlp", 4, widths=(8,))
+    v = m.init(__import__("jax").random.key(0), np.zeros((1, 4, 4, 1), np.float32))
+    ds = _tiny()
+    ctx = strategies.AcquisitionContext(model=m, params=v.params, state=v.state,
+                                        x_labeled=ds.x_train[:10], y_labeled=ds.y_train[:10],
+                                        x_candidates=ds.x_train[10:30], num_classes=4,
+                                        query_size=5, key=__import__("jax").random.key(1))
+    return dataclasses.replace(ctx, **change)
+
+
+def _oracle(answer):
+    calls = []
+
+    def oracle(idx):
+        calls.append(1)
+        return _tiny().y_train[idx] if len(calls) == 1 else answer(len(idx))
+    return oracle
+
+
+def _ntk_x_nan():
+    x = _tiny().x_train[:10].copy()
+    x[3, 0, 0, 0] = np.nan
+    return x
+
+
+def _no_space(scratch: Path) -> tuple:
+    """A full disk while the records are written: the command line's line."""
+    from absl import flags
+
+    from lookahead_jax import cli as cli_main
+
+    w = scratch / "full"
+    real = os.fsync
+    err = io.StringIO()
+    code = None
+    try:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["lookahead-jax", *CLI_ARGS, f"--workdir={w}"])
+
+        def no_space(fd):
+            raise OSError(28, "No space left on device")
+        os.fsync = no_space
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            cli_main.main(["lookahead-jax"])
+    except SystemExit as e:
+        code = e.code
+    finally:
+        os.fsync = real
+        flags.FLAGS.unparse_flags()
+    partial = [p.name for p in w.rglob(".*.tmp")]
+    line = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else ""
+    return ("refused" if code else "accepted") + ("" if not partial else " (partial files!)"), \
+        line, code
+
+
+def cases() -> list[Case]:
+    c = []
+    add = lambda group, what, fn: c.append(Case(group, what, fn))  # noqa: E731
+    W = "--workdir={}"
+
+    # --- the workdir itself
+    add("workdir", "`--workdir` is a file",
+        lambda s: (s.joinpath("f").write_text("x"),
+                   cli(*CLI_ARGS, W.format(s / "f"), scratch=s))[1])
+    add("workdir", "`--workdir` is under a file",
+        lambda s: (s.joinpath("f").write_text("x"),
+                   cli(*CLI_ARGS, W.format(s / "f" / "run"), scratch=s))[1])
+    add("workdir", "`--workdir` cannot be created (`/proc/...`)",
+        lambda s: cli(*CLI_ARGS, "--workdir=/proc/lookahead_run", scratch=s))
+    add("workdir", "a read-only workdir (as a user; root may write anywhere)",
+        lambda s: _readonly(s))
+    add("workdir", "the disk fills up while records are written", _no_space)
+    add("workdir", "two processes on one workdir", lambda s: _two_processes(s))
+    add("workdir", "Ctrl-C during a run",
+        lambda s: cli("--strategy=random", "--cycles=6", "--initial_size=30",
+                      "--query_size=10", "--subset_size=100", "--epochs=30",
+                      W.format(s / "c"), scratch=s, wait_for="c/random/state.json",
+                      interrupt=True))
+    # --- damaged or edited records
+    add("records", "`state.json` lacks a key", lambda s: damaged(
+        s, lambda w: records.atomic_write_json(str(w / "state.json"), {"cycle_done": 2})))
+    add("records", "`state.json` says `cycle_done: 99` for a 3-cycle run", lambda s: damaged(
+        s, lambda w: records.atomic_write_json(str(w / "state.json"), {
+            **records.read_json(str(w / "state.json")), "cycle_done": 99})))
+    add("records", "the checkpoint was deleted", lambda s: damaged(
+        s, lambda w: shutil.rmtree(w / "checkpoints" / "2"), config=dict(cycles=4)))
+    add("records", "`metrics.jsonl` was deleted", lambda s: damaged(
+        s, lambda w: os.unlink(w / "metrics.jsonl")))
+    add("records", "`labels.jsonl` was deleted", lambda s: damaged(
+        s, lambda w: os.unlink(w / "labels.jsonl")))
+    add("records", "a label in `labels.jsonl` was edited", lambda s: damaged(
+        s, lambda w: _edit(w / "labels.jsonl", 4, lambda r: {**r, "label": (r["label"] + 1)
+                                                             % 4})))
+    add("records", "rows of `labels.jsonl` were deleted", lambda s: damaged(
+        s, lambda w: (w / "labels.jsonl").write_text(
+            "".join((w / "labels.jsonl").read_text().splitlines(True)[:25]))))
+    add("records", "`queries.jsonl` holds an out-of-range index (edited)", lambda s: damaged(
+        s, lambda w: _edit(w / "queries.jsonl", 0, lambda r: {**r, "indices": [
+            10 ** 6] + r["indices"][1:]})))
+    add("records", "`queries.jsonl` and `labels.jsonl` disagree (a query label edited)",
+        lambda s: damaged(s, lambda w: _edit(w / "queries.jsonl", 1, lambda r: {
+            **r, "labels": [(y + 1) % 4 for y in r["labels"]]})))
+    add("records", "`config.json` is not JSON", lambda s: damaged(
+        s, lambda w: (w / "config.json").write_text("{oops")))
+    add("records", "a torn last line in `metrics.jsonl` (a crash mid-append)",
+        lambda s: _torn(s, "metrics"))
+    add("records", "a torn last line in `queries.jsonl`", lambda s: _torn(s, "queries"))
+    add("records", "`--cycles` grows on a finished run (allowed: it extends the run)",
+        lambda s: _extend(s))
+    # --- flags and settings
+    add("flags", "a flag that does not parse (`--cycles=abc`)",
+        lambda s: cli("--cycles=abc", W.format(s / "r"), scratch=s))
+    add("flags", "`--seed=-1`", lambda s: cli("--seed=-1", W.format(s / "r"), scratch=s))
+    add("flags", "`--learning_rate=inf`",
+        lambda s: cli("--learning_rate=inf", W.format(s / "r"), scratch=s))
+    add("flags", "a misspelled strategy option (`--config.strategy_options.jiter=1e-4`)",
+        lambda s: cli("--strategy=mlmoc", "--config.strategy_options.jiter=1e-4",
+                      W.format(s / "r"), scratch=s))
+    add("flags", "`--batch_size=1000000`",
+        lambda s: cli(*CLI_ARGS, "--batch_size=1000000", W.format(s / "r"), scratch=s))
+    add("flags", "`--strategy=random,random`",
+        lambda s: cli("--strategy=random,random", W.format(s / "r"), scratch=s))
+    # --- the library API
+    add("api", "`LoopConfig(cycles=\"3\")`", lambda s: api(lambda: _config(cycles="3")))
+    add("api", "an oracle that returns `None`",
+        lambda s: api(lambda: _quiet(workdir=None, oracle=_oracle(lambda n: None))))
+    add("api", "an oracle that answers 42 (of 4 classes)",
+        lambda s: api(lambda: _quiet(workdir=None, oracle=_oracle(lambda n: [42] * n))))
+    add("api", "an oracle that answers -1",
+        lambda s: api(lambda: _quiet(workdir=None, oracle=_oracle(lambda n: [-1] * n))))
+    add("api", "an oracle that answers floats (1.5)",
+        lambda s: api(lambda: _quiet(workdir=None, oracle=_oracle(lambda n: [1.5] * n))))
+    add("api", "uint8 images (0-255) in a `Dataset`",
+        lambda s: api(lambda: data.validate_dataset(_tiny()._replace(
+            x_train=np.zeros((160, 4, 4, 1), np.uint8)))))
+    add("api", "`num_classes=1`",
+        lambda s: api(lambda: data.validate_dataset(_tiny()._replace(num_classes=1))))
+    add("api", "every label identical",
+        lambda s: api(lambda: loop.run(_config(), None, dataset=_tiny()._replace(
+            y_train=np.zeros(160, np.int32)), log=lambda m: None)))
+    add("strategy API", "NaN in the labeled inputs",
+        lambda s: api(lambda: strategies.get("mlmoc")(_ctx(x_labeled=_ntk_x_nan()))))
+    add("strategy API", "labels outside [0, C)",
+        lambda s: api(lambda: strategies.get("mlmoc")(_ctx(y_labeled=np.full(10, 7)))))
+    add("strategy API", "an empty candidate set",
+        lambda s: api(lambda: strategies.get("mlmoc")(_ctx(
+            x_candidates=np.zeros((0, 4, 4, 1), np.float32)))))
+    add("strategy API", "`query_size` larger than the candidates",
+        lambda s: api(lambda: strategies.get("mlmoc")(_ctx(query_size=21))))
+    add("strategy API", "sequential mode, `query_size` larger than the candidates",
+        lambda s: api(lambda: strategies.get("mlmoc")(_ctx(query_size=21,
+                                                           label_fn=lambda j: 0))))
+    add("strategy API", "sequential mode, one NaN candidate",
+        lambda s: api(lambda: strategies.get("mlmoc")(_ctx(
+            x_candidates=_ntk_x_nan(), label_fn=lambda j: 0))))
+    return c
+
+
+def _readonly(scratch: Path) -> tuple:
+    real = os.access
+    os.access = lambda path, mode: False if str(path).endswith("ro") else real(path, mode)
+    try:
+        return api(lambda: _quiet(workdir=str(scratch / "ro")))
+    finally:
+        os.access = real
+
+
+def _two_processes(scratch: Path) -> tuple:
+    from lookahead_jax.workdir import Workdir
+
+    w = scratch / "busy"
+    with Workdir.open(str(w / "random")):
+        return cli(*CLI_ARGS, f"--workdir={w}", scratch=scratch)
+
+
+def _torn(scratch: Path, name: str) -> tuple:
+    w = scratch / "torn"
+    _quiet(workdir=str(w), stop_after_cycle=0)
+    with open(w / f"{name}.jsonl", "a") as fh:
+        fh.write('{"cycle": 1, "ind')
+    notes = []
+    loop.run(_config(), str(w), dataset=_tiny(), log=notes.append)
+    said = [n for n in notes if n.startswith("repaired")]
+    return "repaired", said[0] if said else "(nothing said)", None
+
+
+def _extend(scratch: Path) -> tuple:
+    w = scratch / "ext"
+    _quiet(workdir=str(w))
+    res = _quiet(workdir=str(w), config=dict(cycles=5))
+    return "handled", f"ran to {len(res.metrics)} cycles (config.json now says cycles 5)", None
+
+
+def normalise(text: str, scratch: Path) -> str:
+    text = text.replace(str(scratch), "SCRATCH").replace(str(REPO), "REPO")
+    text = re.sub(r"process \d+ on \S+ \(since [^)]*\)", "process PID on HOST (since TIME)",
+                  text)
+    text = re.sub(r"\(\d+ bytes of an append", "(N bytes of an append", text)
+    return text.replace("|", "\\|")
+
+
+def build() -> str:
+    lines = ["# Bad inputs, and what the project says", "",
+             "Generated by `python tools/bad_inputs.py` (kept in step by "
+             "`tests/test_bad_inputs.py`). Each row does what a user did, in a scratch "
+             "folder (`SCRATCH`). *refused*: one line, before any work (exit status 2 from "
+             "the command line); *repaired*: the run said what it fixed and went on; "
+             "*handled*: it did what was asked. No row is a traceback or a silent "
+             "acceptance.", "",
+             "| # | input | outcome | exit | message |", "|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, case in enumerate(cases(), start=1):
+            scratch = Path(tmp) / f"case{n}"
+            scratch.mkdir()
+            outcome, message, code = case.run(scratch)
+            code = "" if code is None else str(code)
+            lines.append(f"| {n} | {case.group}: {case.what} | {outcome} | {code} | "
+                         f"{normalise(message, scratch)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare with docs/BAD_INPUTS.md")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    text = build()
+    if args.check:
+        old = Path(args.out).read_text() if Path(args.out).exists() else ""
+        if old != text:
+            sys.stdout.write(text)
+            sys.exit(f"{args.out} is out of date: run python tools/bad_inputs.py")
+        return
+    Path(args.out).write_text(text)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
