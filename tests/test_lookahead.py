@@ -503,6 +503,18 @@ def test_strategy_sequential_first_step_both_ways_against_twin():
     assert firsts["network"] != firsts["linearised"], firsts
 
 
+def test_session_from_system_refuses_a_system_without_room():
+    p = random_problem(0, L=6, U=10)
+    st, spec, _ = la.build_system(**system_kwargs(p), capacity=8, sequential=True)
+    ntk_lookahead.LookaheadSession.from_system(st, spec, num_candidates=10, max_steps=2)
+    with pytest.raises(ValueError, match="no room for 3 more"):
+        ntk_lookahead.LookaheadSession.from_system(st, spec, num_candidates=10, max_steps=3)
+    batch, spec_b, _ = la.build_system(**system_kwargs(p), capacity=8)
+    with pytest.raises(ValueError, match="sequential=True"):
+        ntk_lookahead.LookaheadSession.from_system(batch, spec_b, num_candidates=10,
+                                                   max_steps=1)
+
+
 def test_greedy_option_is_validated():
     with pytest.raises(ValueError, match="batch_mode"):
         get_strategy("mlmoc").parse_options({"batch_mode": "diverse"})

@@ -233,6 +233,12 @@ class LookaheadSession:
         """
         if state.a_uu is None:
             raise ValueError("the system was not built with sequential=True")
+        capacity = state.chol.shape[0] // spec.block
+        n = int(jax.device_get(state.n))
+        if n + int(max_steps) > capacity:
+            raise ValueError(f"the system holds {capacity} labeled points, {n} already used: "
+                             f"no room for {max_steps} more (build it with capacity >= "
+                             f"{n + int(max_steps)})")
         opts = LookaheadOptions() if options is None else options
         self = cls.__new__(cls)
         self._setup(state, spec, {}, kind, opts, int(max_steps), int(num_candidates),
