@@ -4,6 +4,7 @@
 # between studies (--reuse copies a finished run with the same config and seed).
 #
 #   bash experiments/reproduce_mnist_wrn.sh [path/to/mnist/archives]
+#   SEEDS=0,1,2 bash experiments/reproduce_mnist_wrn.sh   # fewer seeds first, extend later
 #
 # Setting (experiments/configs/mnist_wrn.py): one-group WideResNet, widen factor 4
 # (width 64), 100 initial labels, 20 per cycle from 1000 candidates, 8 cycles, training
@@ -13,7 +14,7 @@
 set -euo pipefail
 MNIST=${1:-../shared/data/mnist}
 common=(--config=experiments/configs/mnist_wrn.py --manual_dir="$MNIST")
-five=--seeds=0,1,2,3,4
+five=--seeds=${SEEDS:-0,1,2,3,4}
 run() { python -m experiments.figures "${common[@]}" "$@"; }
 
 run --figure=fig2 $five --arms=random,mlmoc,entropy,margin,badge \

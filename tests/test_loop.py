@@ -172,7 +172,11 @@ def test_cli_diverged_training_is_a_clear_error_that_keeps_the_records(tmp_path)
                f"--workdir={tmp_path}")
     assert out.returncode == 1, out.stderr[-3000:]
     assert "training diverged" in out.stderr and "Traceback" not in out.stderr
-    assert str(tmp_path) in out.stderr and (tmp_path / "random" / "config.json").exists()
+    # diverged in the first cycle: nothing finished, and the line says so (not "kept")
+    assert "no cycle had finished, so nothing is kept yet" in out.stderr
+    assert (tmp_path / "random" / "config.json").exists()
+    assert not (tmp_path / "random" / "metrics.jsonl").exists() or \
+        (tmp_path / "random" / "metrics.jsonl").read_text() == ""
 
 
 def test_config_file_overrides_and_a_misspelled_option(tmp_path, monkeypatch):
