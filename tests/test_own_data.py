@@ -5,6 +5,7 @@ person who writes the label files between runs.
 """
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -222,3 +223,45 @@ def test_from_arrays_scales_uint8_and_checks_labels():
     with pytest.raises(ValueError, match="y must hold integer labels"):
         data.from_arrays(x, np.full(20, 0.5))
     json.dumps(loop.pool_info(ds))
+
+
+def test_sequential_mode_with_files_asks_one_item_at_a_time(tmp_path):
+    """--sequential with the files oracle: every request holds one item, the next item is
+    asked only once the previous answer is on disk, and the answered items are exactly the
+    ones the simulated run (same seed, the true labels) picks in the same order."""
+    truth = _tabular_npz(tmp_path / "pool.npz", known=0.2, with_truth=False)
+    pool = data.load_dataset(f"npz:{tmp_path / 'pool.npz'}")
+    cfg = loop.LoopConfig(dataset=f"npz:{tmp_path / 'pool.npz'}", strategy="mlmoc",
+                          sequential=True, cycles=2, query_size=3, subset_size=30,
+                          oracle="files", train=train.TrainConfig(epochs=4, batch_size=8))
+    work = str(tmp_path / "w")
+    asked = []
+    for _ in range(6):
+        try:
+            result = loop.run(cfg, work, dataset=pool, log=lambda s: None)
+            break
+        except oracles.LabelsNeeded as need:
+            assert need.count == 1
+            tag = os.path.basename(need.request)[:-len(".csv")]
+            assert tag == f"cycle_0_step_{len(asked)}"
+            with open(need.request) as fh:
+                rows = list(csv.DictReader(fh))
+            assert len(rows) == 1
+            i = int(rows[0]["index"])
+            asked.append(i)
+            with open(need.answer, "w") as fh:
+                fh.write(f"index,label\n{i},{'abc'[truth[i]]}\n")
+    else:
+        pytest.fail("the run kept asking after query_size answers")
+    assert len(asked) == 3 == len(set(asked))
+    assert result.metrics[1]["num_labeled"] == result.metrics[0]["num_labeled"] + 3
+    ledger = records.read_jsonl(os.path.join(work, "labels.jsonl"))
+    oracle_rows = [r for r in ledger if r["source"] == "oracle"]
+    assert [r["index"] for r in oracle_rows] == asked
+    assert all(r["label"] == truth[r["index"]] for r in ledger)
+    # the same choices as a run told the true labels at once (answers change nothing else)
+    sim = dataclasses.replace(cfg, oracle="simulated")
+    loop.run(sim, str(tmp_path / "sim"), dataset=pool._replace(
+        y_train=np.where(pool.y_train >= 0, pool.y_train, truth).astype(pool.y_train.dtype)), log=lambda s: None)
+    ref_ledger = records.read_jsonl(str(tmp_path / "sim" / "labels.jsonl"))
+    assert [r["index"] for r in ref_ledger if r["source"] == "oracle"] == asked
