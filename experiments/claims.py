@@ -153,8 +153,20 @@ def _check_fig5b(study):
             for s in ("random", "ntk")]
 
 
+def _check_batch(study):
+    q = study.meta["base_config"]["query_size"]
+    return [_compare(study, "mlmoc_greedy", "mlmoc_topk",
+                     f"greedy MLMOC beats top-k MLMOC at {q} per query", "better"),
+            _compare(study, "mlmoc_greedy", "badge",
+                     f"greedy MLMOC is equal to or better than BADGE at {q} per query",
+                     "not_worse"),
+            _compare(study, "mlmoc_topk", "random",
+                     f"top-k MLMOC beats random at {q} per query", "better")]
+
+
 CHECKS = {"fig1a": _check_fig1a, "fig1b": _check_fig1b, "fig2": _check_fig2,
-          "fig3a": _check_fig3a, "fig3b": _check_fig3b, "fig5b": _check_fig5b}
+          "fig3a": _check_fig3a, "fig3b": _check_fig3b, "fig5b": _check_fig5b,
+          "batch": _check_batch}
 
 
 def check_claims(study: Study) -> list:

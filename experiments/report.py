@@ -1,6 +1,7 @@
 """Builds ``docs/RESULTS.md`` and its plots from finished studies.
 
-    python -m experiments.report --studies=runs/studies --out=docs
+    python -m experiments.report --studies=results/studies --out=docs \
+        --preamble=docs/results_preamble.md
 
 Every study folder under ``--studies`` (one with a ``study.json``) becomes a section
 with its command, machine, seeds, wall time, a table of mean ± 95% CI and a plot. Only
@@ -89,6 +90,22 @@ def plot_study(study: Study, path: str) -> str:
     return path
 
 
+def network(cfg: dict) -> str:
+    """The network of a study's base config, as the results page names it."""
+    kw = dict(cfg.get("model_kwargs") or {})
+    name = cfg["model"]
+    if name == "mlp":
+        d_in = {"mnist": 784, "digits": 64, "svhn": 3072, "cifar10": 3072,
+                "cifar100": 3072}.get(cfg["dataset"], "d")
+        c = {"cifar100": 100}.get(cfg["dataset"], 10)
+        return "MLP " + "-".join(str(w) for w in (d_in, *kw.get("widths", ()), c))
+    if name == "wide_resnet":
+        groups, k = kw.get("num_groups", 3), kw.get("widen_factor", 1)
+        return (f"WideResNet, {groups} group{'s' if groups > 1 else ''}, widen factor {k} "
+                f"(width {16 * 2 ** (groups - 1) * k})")
+    return f"{name} {kw}" if kw else name
+
+
 def _baseline_of(study: Study, label: str) -> Optional[str]:
     return next(a["baseline"] for a in study.meta["arms"] if a["label"] == label)
 
@@ -110,7 +127,7 @@ def study_markdown(study: Study, image: str, name: Optional[str] = None) -> str:
         lines.append("")
     lines += [
              "- command(s): " + "; ".join(f"`{c}`" for c in meta.get("commands", [])),
-             f"- setting: {cfg['dataset']}, {cfg['model']} {cfg['model_kwargs']}, initial "
+             f"- setting: {cfg['dataset']}, {network(cfg)}, initial "
              f"{cfg['initial_size']}, query {cfg['query_size']}, subset {cfg['subset_size']}, "
              f"{cfg['cycles']} cycles, {cfg['train']['epochs']} epochs per cycle, loss "
              f"{cfg['train']['loss']}",
@@ -151,8 +168,14 @@ def _pm(mean: float, ci: float, signed: bool = False) -> str:
 
 
 def build_report(studies_dir: str, out_dir: str, preamble: str = "") -> str:
-    roots = sorted(os.path.join(studies_dir, d) for d in os.listdir(studies_dir)
-                   if os.path.exists(os.path.join(studies_dir, d, "study.json")))
+    """Writes ``out_dir/RESULTS.md`` (and ``out_dir/figures/``) from every study folder
+    under ``studies_dir`` (comma-separated folders are read in turn); returns the text."""
+    roots = []
+    for d in studies_dir.split(","):
+        if not os.path.isdir(d):
+            raise ValueError(f"no such folder: {d}")
+        roots += sorted(os.path.join(d, s) for s in os.listdir(d)
+                        if os.path.exists(os.path.join(d, s, "study.json")))
     if not roots:
         raise ValueError(f"no study (a folder with study.json) under {studies_dir}")
     fig_dir = os.path.join(out_dir, "figures")
@@ -176,11 +199,13 @@ def claims_table(studies: dict) -> str:
     rows = ["## The paper's claims, checked", "",
             "\"Beats\" means the 95% CI over seeds of the paired accuracy difference, "
             "averaged over the acquisition cycles, lies above zero.", "",
-            "| study | claim | measured | verdict |", "|---|---|---|---|"]
+            "| study | network | claim | measured | verdict |", "|---|---|---|---|---|"]
     n = 0
     for name, s in studies.items():
+        net = network(s.meta["base_config"])
         for c in check_claims(s):
-            rows.append(f"| {name} | {c.statement} | {c.measured} | {verdict(c.holds)} |")
+            rows.append(f"| {name} | {net} | {c.statement} | {c.measured} | "
+                        f"{verdict(c.holds)} |")
             n += 1
     return "\n".join(rows) if n else ""
 
@@ -197,7 +222,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("studies", "runs/studies", "folder holding study folders")
+    flags.DEFINE_string("studies", "results/studies",
+                        "folder(s) holding study folders, comma-separated")
     flags.DEFINE_string("out", "docs", "where RESULTS.md and figures/ go")
     flags.DEFINE_string("preamble", None, "optional markdown file placed before the sections")
     app.run(main)

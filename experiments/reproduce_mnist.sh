@@ -17,11 +17,11 @@ three=--seeds=0,1,2
 six=--seeds=0,1,2,3,4,5
 run() { python -m experiments.figures "${common[@]}" "$@"; }
 
-run --figure=fig3a $six --root=runs/studies/fig3a_mnist
-run --figure=fig2 $three --root=runs/studies/fig2_mnist
-run --figure=fig1b $three --subset_size=1000 --root=runs/studies/fig1b_mnist
-run --figure=fig5b $six --root=runs/studies/fig5b_mnist
-run --figure=fig3b $six --root=runs/studies/fig3b_mnist
-run --figure=fig1a $three --subset_size=200 --cycles=6 --root=runs/studies/fig1a_mnist
-run --figure=fig1a $three --arms=ntk_block,ntk_without_block --root=runs/studies/fig1a_mnist_u4000
-python -m experiments.report --studies=runs/studies --out=docs --preamble=docs/results_preamble.md
+run --figure=fig3a $six --root=results/studies/fig3a_mnist
+run --figure=fig2 $three --root=results/studies/fig2_mnist
+run --figure=fig1b $three --subset_size=1000 --root=results/studies/fig1b_mnist
+run --figure=fig5b $six --root=results/studies/fig5b_mnist
+run --figure=fig3b $six --root=results/studies/fig3b_mnist
+run --figure=fig1a $three --subset_size=200 --cycles=6 --root=results/studies/fig1a_mnist
+run --figure=fig1a $three --arms=ntk_block,ntk_without_block --root=results/studies/fig1a_mnist_u4000
+python -m experiments.report --studies=results/studies --out=docs --preamble=docs/results_preamble.md

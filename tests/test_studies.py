@@ -59,8 +59,27 @@ def test_report_builds_results_page(tmp_path):
                 {"random": {0: [0.5, 0.6]}, "mlmoc": {0: [0.5, 0.7]}})
     text = report.build_report(str(tmp_path / "studies"), str(tmp_path / "docs"))
     assert "## fig2: t (`fig2_digits`)" in text and "`cmd`" in text
-    assert "## The paper's claims, checked" in text and "| fig2_digits | MLMOC beats" in text
+    assert "## The paper's claims, checked" in text
+    net = report.network(studies.load_study(str(tmp_path / "studies" / "fig2_digits"))
+                         .meta["base_config"])
+    assert f"| fig2_digits | {net} | MLMOC beats" in text   # every verdict names its network
     assert (tmp_path / "docs" / "figures" / "fig2_digits.png").exists()
+    # two study folders: both read, in turn
+    _fake_study(str(tmp_path / "more" / "fig3a_other"),
+                {"random": {0: [0.5, 0.6]}, "mlmoc": {0: [0.5, 0.7]}})
+    both = report.build_report(f"{tmp_path / 'studies'},{tmp_path / 'more'}",
+                               str(tmp_path / "docs2"))
+    assert "(`fig2_digits`)" in both and "(`fig3a_other`)" in both
+    with pytest.raises(ValueError, match="no such folder"):
+        report.build_report(str(tmp_path / "absent"), str(tmp_path / "docs3"))
+
+
+def test_network_names():
+    assert report.network({"model": "mlp", "model_kwargs": {"widths": [1024, 1024]},
+                           "dataset": "mnist"}) == "MLP 784-1024-1024-10"
+    assert report.network({"model": "wide_resnet", "dataset": "mnist",
+                           "model_kwargs": {"num_groups": 1, "widen_factor": 4}}) == \
+        "WideResNet, 1 group, widen factor 4 (width 64)"
 
 
 def test_overrides_reach_training_and_strategy_options():
