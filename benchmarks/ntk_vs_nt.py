@@ -4,6 +4,10 @@ Full run (≲ 15 min on 2 quiet cores; writes benchmarks/results/ntk_vs_nt_cpu.j
 
     .venv/bin/python benchmarks/ntk_vs_nt.py
 
+The README's table from a results file:
+
+    python benchmarks/ntk_vs_nt.py --table benchmarks/results/ntk_vs_nt_cpu.json
+
 Smoke run (1 round, small cases, writes to a temp dir, never over the committed JSON):
 
     .venv/bin/python benchmarks/ntk_vs_nt.py --quick
@@ -333,7 +337,43 @@ def parse_args(argv=None):
     return args
 
 
+CASE_NAMES = {"mlp_500x500": "MLP 784-1024-1024-10, 500 × 500",
+              "mlp_2000x200": "MLP 784-1024-1024-10, 2000 × 200",
+              "cnn_200x200": "CNN conv64-conv128-GAP-dense10, 200 × 200",
+              "wrn_100x100": "WRN-10-2-like, 100 × 100"}
+
+
+def markdown_table(out: dict) -> str:
+    """The README's speed table from a results file: both sides' medians of one run, the
+    ratio, each side's fraction of the FLOP floor at the run's measured peak, the kernels'
+    agreement and the load average."""
+    lines = [f"| case | neural-tangents best | ours | NT / ours | % of FLOP floor (NT, ours) "
+             f"| kernels' median rel. deviation | load before → after |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in out["cases"].items():
+        if r.get("nt_median_s") is None or r.get("ours_median_s") is None:
+            lines.append(f"| {CASE_NAMES.get(name, name)} | failed | | | | | |")
+            continue
+        fn, fo = r.get("fraction_of_floor_nt"), r.get("fraction_of_floor_ours")
+        floor = (f"{100 * fn:.0f}%, {100 * fo:.0f}%" if fn is not None and fo is not None
+                 else "-")
+        lines.append(
+            f"| {CASE_NAMES.get(name, name)} | {r['nt_median_s']:.3g} s ({r['nt_method']}) "
+            f"| {r['ours_median_s']:.3g} s | {r['ratio_nt_over_ours']:.2f}× | {floor} "
+            f"| {r['median_rel_dev_ours_vs_nt']:.1e} "
+            f"| {r['load_before'][0]:.1f} → {r['load_after'][0]:.1f} |")
+    peak = out.get("peak_gflops")
+    lines += ["", f"Measured float32 matmul peak of the same run: "
+              f"{peak:.0f} GFLOP/s; {out['settings']['rounds']} alternating rounds per case."
+              if peak else ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def main(argv=None):
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--table":
+        with open(sys.argv[2]) as fh:
+            print(markdown_table(json.load(fh)), end="")
+        return
     args = parse_args(argv)
     if args.child:
         return child(args)
