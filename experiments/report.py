@@ -82,7 +82,8 @@ def plot_study(study: Study, path: str) -> str:
     ax.grid(alpha=0.3, axis="y")
     meta = study.meta
     fig.suptitle(f"{meta['figure']}: {meta['title']} "
-                 f"({meta['base_config']['dataset']}, {len(meta['seeds'])} seeds)", fontsize=10)
+                 f"({meta['base_config']['dataset']}, "
+                 f"{max((len(r) for r in study.runs.values()), default=0)} seeds)", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -131,7 +132,13 @@ def study_markdown(study: Study, image: str, name: Optional[str] = None) -> str:
              f"{cfg['initial_size']}, query {cfg['query_size']}, subset {cfg['subset_size']}, "
              f"{cfg['cycles']} cycles, {cfg['train']['epochs']} epochs per cycle, loss "
              f"{cfg['train']['loss']}",
-             f"- seeds: {meta['seeds']}; wall time {total / 60:.1f} min; machine: "
+             "- finished seeds per arm: " + "; ".join(
+                 f"{a} {', '.join(map(str, sorted(r))) or 'none'}"
+                 for a, r in study.runs.items()) + (
+                 " (begun, not finished, not counted: " + "; ".join(
+                     f"{a} {', '.join(map(str, s))}" for a, s in study.unfinished.items())
+                 + ")" if study.unfinished else ""),
+             f"- wall time {total / 60:.1f} min; machine: "
              f"{meta['machine']['platform']}, {meta['machine']['cpu_count']} CPUs, "
              f"jax {meta['machine']['jax']} on {', '.join(meta['machine']['devices'])}",
              ""]

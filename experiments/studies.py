@@ -314,21 +314,29 @@ def _now() -> str:
 
 class Study(NamedTuple):
     meta: dict
-    runs: dict  # {arm: {seed: [metric rows]}}
+    runs: dict  # {arm: {seed: [metric rows]}}, finished runs only
+    unfinished: dict = {}  # {arm: [seeds]}: runs begun but not finished (not counted)
 
 
 def load_study(root: str) -> Study:
-    """Reads ``study.json`` and every finished run's metric rows."""
+    """Reads ``study.json`` and the metric rows of every *finished* run of every arm (any
+    ``seed<k>`` folder, whichever command started it); runs still going or cut off are
+    listed in ``unfinished`` and left out of every number."""
     meta = records.read_json(os.path.join(root, "study.json"))
-    runs = {}
+    runs, unfinished = {}, {}
     for arm in meta["arms"]:
-        runs[arm["label"]] = {}
-        for seed in meta["seeds"]:
-            rows = records.read_jsonl(os.path.join(root, arm["label"], f"seed{seed}",
-                                                   "metrics.jsonl"))
-            if rows:
-                runs[arm["label"]][seed] = rows
-    return Study(meta, runs)
+        label = arm["label"]
+        runs[label] = {}
+        folder = os.path.join(root, label)
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        seeds = sorted(int(n[4:]) for n in names if n.startswith("seed") and n[4:].isdigit())
+        for seed in seeds:
+            run_dir = os.path.join(folder, f"seed{seed}")
+            if _finished(run_dir):
+                runs[label][seed] = records.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+            elif os.path.exists(os.path.join(run_dir, "config.json")):
+                unfinished.setdefault(label, []).append(seed)
+    return Study(meta, runs, unfinished)
 
 
 def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -22,8 +22,9 @@ def test_mean_ci_matches_hand_t_interval():
     assert np.all(np.isnan(c1)) and np.allclose(m1, [1.0, 2.0])
 
 
-def _fake_study(root, accs):
-    """Writes a study.json and metric rows: accs = {arm: {seed: [acc per cycle]}}."""
+def _fake_study(root, accs, unfinished=()):
+    """Writes a study.json and metric rows: accs = {arm: {seed: [acc per cycle]}}; the
+    ``(arm, seed)`` pairs in ``unfinished`` are written as runs cut off before their end."""
     arms = [{"label": a, "overrides": {}, "baseline": None if a == "random" else "random"}
             for a in accs]
     seeds = sorted({s for v in accs.values() for s in v})
@@ -39,19 +40,34 @@ def _fake_study(root, accs):
                 records.append_jsonl(os.path.join(d, "metrics.jsonl"), {
                     "cycle": c, "num_labeled": 10 + 5 * c, "test_accuracy": acc,
                     "seconds_score": 0.5})
+            cut = (a, s) in unfinished
+            records.atomic_write_json(os.path.join(d, "config.json"),
+                                      {"cycles": len(vals) + (2 if cut else 0)})
+            records.atomic_write_json(os.path.join(d, "state.json"),
+                                      {"cycle_done": len(vals) - 1, "stopped": None})
 
 
 def test_summarize_pairs_seeds_with_the_baseline(tmp_path):
     _fake_study(str(tmp_path), {"random": {0: [0.5, 0.6], 1: [0.4, 0.7], 2: [0.5, 0.5]},
                                 "mlmoc": {0: [0.5, 0.7], 1: [0.4, 0.9]}})
     s = studies.summarize(studies.load_study(str(tmp_path)))
-    assert s["mlmoc"]["seeds"] == [0, 1]  # seed 2 of mlmoc never finished
+    assert s["mlmoc"]["seeds"] == [0, 1]  # seed 2 of mlmoc never ran
     np.testing.assert_allclose(s["mlmoc"]["diff_mean"], [0.0, 0.15])
     np.testing.assert_allclose(s["random"]["accuracy_mean"], [0.4666666667, 0.6])
     md = report.study_markdown(studies.load_study(str(tmp_path)), "x.png")
     assert "| 15 | 60.00 ± " in md and "(Δ +15.00 ± " in md
     png = report.plot_study(studies.load_study(str(tmp_path)), str(tmp_path / "p.png"))
     assert os.path.getsize(png) > 1000
+
+
+def test_a_run_not_finished_counts_nowhere_and_is_named(tmp_path):
+    _fake_study(str(tmp_path), {"random": {0: [0.5, 0.6], 1: [0.4, 0.7], 2: [0.5, 0.5]},
+                                "mlmoc": {0: [0.5, 0.7], 1: [0.4, 0.9], 2: [0.5]}},
+                unfinished=[("mlmoc", 2)])
+    study = studies.load_study(str(tmp_path))
+    assert sorted(study.runs["mlmoc"]) == [0, 1] and study.unfinished == {"mlmoc": [2]}
+    md = report.study_markdown(study, "x.png")
+    assert "mlmoc 0, 1" in md and "not counted: mlmoc 2" in md
 
 
 def test_report_builds_results_page(tmp_path):
@@ -150,9 +166,16 @@ def test_reproduce_script_names_real_figures_and_flags():
     lines = [[variables.get(a[1:], a) for a in ln.split()[1:]]
              for ln in text.splitlines() if ln.startswith("run --")]
     assert {a.split("=")[1] for ln in lines for a in ln if a.startswith("--figure=")} \
-        == set(studies.FIGURES)
+        == set(studies.FIGURES) - {"batch"}          # every paper figure; 'batch' is ours
     for arg in common + [a for ln in lines for a in ln]:
         name = arg.lstrip("-").split("=")[0]
         assert name in flags.FLAGS, f"{arg} is not a flag of experiments.figures"
+    for script in ("reproduce_mnist_wrn.sh", "reproduce_batch.sh"):
+        other = (REPO / "experiments" / script).read_text()
+        for arg in set(re.findall(r"(?<![\w-])--(\w+)=", other)) - {"studies", "out",
+                                                                     "preamble"}:  # report's
+            assert arg in flags.FLAGS, f"{script}: --{arg} is not a flag"
+        assert "--figure=" in other
+    assert "--figure=batch" in (REPO / "experiments" / "reproduce_batch.sh").read_text()
     assert "--preamble=docs/results_preamble.md" in text
     assert (REPO / "docs" / "results_preamble.md").exists()
