@@ -41,7 +41,7 @@ from lookahead_jax import data, models, records, rng, stopping, strategies
 from lookahead_jax import train as train_lib
 from lookahead_jax.models import Model, Variables
 from lookahead_jax.oracles import DatasetOracle, FileOracle, LabelsNeeded, Oracle
-from lookahead_jax.workdir import Workdir, fingerprint
+from lookahead_jax.workdir import Workdir, WorkdirError, fingerprint
 
 PyTree = Any
 
@@ -899,6 +899,9 @@ def run_strategies(config: LoopConfig, names: Sequence[str], workdir: Optional[s
     if len(set(names)) != len(names):
         dup = sorted({s for s in names if list(names).count(s) > 1})
         raise ValueError(f"strategy {dup[0]!r} is given twice; each strategy runs once")
+    if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"workdir {workdir} is a file, not a folder; choose another "
+                           "--workdir")
     configs = {s: dataclasses.replace(config, strategy=s, strategy_options=_options_for(
         s, config.strategy_options, names)) for s in names}
     for c in configs.values():

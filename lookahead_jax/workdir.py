@@ -49,6 +49,14 @@ from lookahead_jax.records import RecordError
 LEDGERS = ("labels", "queries", "metrics")
 
 
+def _parents(path: str) -> list:
+    """``path``'s ancestors, nearest last (``a/b/c`` -> ``a``, ``a/b``)."""
+    parts, out = os.path.normpath(path).split(os.sep), []
+    for k in range(1, len(parts)):
+        out.append(os.sep.join(parts[:k]) or os.sep)
+    return out
+
+
 class WorkdirError(ValueError):
     """The workdir cannot be used (not a folder, not writable, in use, ...)."""
 
@@ -90,7 +98,9 @@ class Workdir:
         try:
             os.makedirs(path, exist_ok=True)
         except NotADirectoryError:
-            raise WorkdirError(f"workdir {path} is under a file, not a folder; choose "
+            blocker = next((p for p in _parents(path) if os.path.isfile(p)), None)
+            where = f"the file {blocker}" if blocker else "a file"
+            raise WorkdirError(f"workdir {path} is under {where}, not a folder; choose "
                                "another --workdir") from None
         except OSError as e:
             raise WorkdirError(f"workdir {path} cannot be created: {e.strerror}") from None

@@ -143,8 +143,11 @@ def test_unusable_workdirs_are_one_clear_line(tmp_path, tiny_dataset):
     a_file.write_text("x")
     with pytest.raises(WorkdirError, match="is a file, not a folder"):
         _run(a_file, tiny_dataset)
-    with pytest.raises(WorkdirError, match="is under a file, not a folder"):
+    with pytest.raises(WorkdirError, match=f"is under the file {a_file}, not a folder"):
         _run(a_file / "sub", tiny_dataset)
+    with pytest.raises(WorkdirError, match=f"workdir {a_file} is a file, not a folder"):
+        loop.run_strategies(_config(), ["random"], str(a_file), dataset=tiny_dataset,
+                            log=lambda s: None)
     if os.geteuid() != 0:                         # root writes anywhere
         ro = tmp_path / "ro"
         ro.mkdir()
