@@ -183,7 +183,7 @@ def kcenter_greedy(feat_u: Array, feat_l: Array, k: int, chunk: int = 512,
     def body(t, carry):
         d2, taken, chosen = carry
         j = jnp.argmax(jnp.where(taken, -jnp.inf, d2)).astype(jnp.int32)
-        new = jnp.sum((feat_u - feat_u[j]) ** 2, -1)
+        new = jnp.sum((feat_u - feat_u[j][None, :]) ** 2, -1)
         return jnp.minimum(d2, new), taken.at[j].set(True), chosen.at[t].set(j)
 
     _, _, chosen = jax.lax.fori_loop(0, k, body, (d2, taken, jnp.zeros((k,), jnp.int32)))
