@@ -42,7 +42,7 @@ def mc_head_probabilities(h: Array, kernel: Array, bias: Array, rate: Array, key
     def one(t):
         keep = jax.random.bernoulli(jax.random.fold_in(key, t), 1.0 - rate, h.shape)
         hd = jnp.where(keep, h / (1.0 - rate), 0.0)
-        return jax.nn.softmax(hd @ kernel + bias, -1)
+        return jax.nn.softmax(hd @ kernel + bias[None, :], -1)
 
     return jax.lax.map(one, jnp.arange(num_samples))
 
