@@ -321,7 +321,7 @@ def _factor(spec, kll, kul, resid, n, fu, kap, avail, mask_e, lam, kuu, kel, fe,
     w_u = solve_triangular(chol, kul.T, lower=True)                # (N·B, U·B)
     lin_u = fu + w_u.T @ z                                         # f + Θ(U,X) K⁻¹ r
     wsq = w_u.reshape(nb, -1, b)
-    schur = kap + lam * jnp.eye(b, dtype=kll.dtype) - jnp.einsum("kia,kib->iab", wsq, wsq)
+    schur = kap + lam * jnp.eye(b, dtype=kll.dtype)[None] - jnp.einsum("kia,kib->iab", wsq, wsq)
     if spec.eval_is_cand:
         w_e = lin_e = ref_e = None
     else:
