@@ -101,8 +101,8 @@ def init_mlp(key, d_in: int, width: int, d_out: int) -> dict:
 
 def mlp_apply(p: dict, x):
     """``(n, d)`` → ``(n, C)``: W₂ᵀ tanh(W₁ᵀx/√d + βb₁)/√width + βb₂."""
-    h = jnp.tanh(x @ p["W1"] / np.sqrt(x.shape[-1]) + BETA * p["b1"])
-    return h @ p["W2"] / np.sqrt(h.shape[-1]) + BETA * p["b2"]
+    h = jnp.tanh(x @ p["W1"] / np.sqrt(x.shape[-1]) + BETA * p["b1"][None])
+    return h @ p["W2"] / np.sqrt(h.shape[-1]) + BETA * p["b2"][None]
 
 
 FULL_NTK = ntk.empirical_ntk_fn(mlp_apply, output="full")
