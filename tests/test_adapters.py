@@ -130,7 +130,7 @@ def _plain(shape):
     d_in = int(np.prod(shape))
 
     def f(params, x):
-        h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
+        h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"][None])
         return h @ params["w2"]
 
     def init(key, x):
