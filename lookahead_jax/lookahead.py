@@ -356,7 +356,7 @@ def _schur_inverse(u: Array, kappa: Array, floor: float):
     sym = 0.5 * (u + u.T)
     ev, vec = jnp.linalg.eigh(sym)
     lo = floor * jnp.trace(kappa) / b
-    return (vec / jnp.maximum(ev, lo)) @ vec.T, jnp.any(ev < lo)
+    return (vec / jnp.maximum(ev, lo)[None, :]) @ vec.T, jnp.any(ev < lo)
 
 
 def _one_hot_block(y: Array, spec: Spec) -> Array:
