@@ -357,6 +357,13 @@ def test_onestep_lookahead_equals_one_optax_sgd_step():
 # ============================================================================ kernel look-ahead
 
 
+# The kernel look-ahead strategies run in float32; their twins solve in float64. Largest
+# relative deviation per candidate, measured: 1.1e-7 (reference network), 6.7e-7
+# (reference kernel), 2.3e-7 (GP EMOC). 1e-5 is ~15x the worst (it was 2e-3: a wrong
+# ridge or a dropped term of that size went unseen).
+KERNEL_LOOKAHEAD_RTOL = 1e-5
+
+
 def _kernels64(ctx, widths, which="ntk"):
     x = jnp.concatenate([ctx.x_labeled, ctx.x_candidates])
     nngp, ntk = infinite.infinite_mlp_kernels(x, widths=widths, w_std=1.0, b_std=0.0)
@@ -383,11 +390,14 @@ def test_infinite_ntk_lookahead_equals_explicit_augmented_solve(reference):
     f_inf_l = fit(iL, Y)
     ref = (np.asarray(ctx.apply_fn(ctx.params, ctx.x_candidates), np.float64)
            if reference == "network" else f_inf_l)
+    want = []
     for j in range(U):
         yj = np.eye(C)[np.argmax(ref[j])]
         f_plus = fit(np.r_[iL, L + j], np.vstack([Y, yj]))
-        want = np.sum(np.linalg.norm(ref - f_plus, axis=-1))
-        np.testing.assert_allclose(sel.scores[j], want, rtol=2e-3)
+        want.append(np.sum(np.linalg.norm(ref - f_plus, axis=-1)))
+    worst = float(np.max(np.abs(np.asarray(sel.scores, np.float64) - want) / np.abs(want)))
+    print(f"{reference}: largest relative deviation from the float64 twin {worst:.1e}")
+    assert worst < KERNEL_LOOKAHEAD_RTOL, worst
 
 
 def test_kernel_lookaheads_refuse_non_mlp_models():
@@ -411,10 +421,13 @@ def test_gp_emoc_equals_refitting_the_gp_per_candidate_and_label():
         return K[np.ix_(iU, train_idx)] @ np.linalg.solve(Kt, targets)
 
     mu = mean(iL, Y)
+    want = []
     for j in range(U):
         p = np.exp(mu[j] - mu[j].max())
         p /= p.sum()
-        want = sum(p[y] * np.sum(np.linalg.norm(
+        want.append(sum(p[y] * np.sum(np.linalg.norm(
             mean(np.r_[iL, L + j], np.vstack([Y, np.eye(C)[y]])) - mu, axis=-1))
-            for y in range(C))
-        np.testing.assert_allclose(sel.scores[j], want, rtol=2e-3)
+            for y in range(C)))
+    worst = float(np.max(np.abs(np.asarray(sel.scores, np.float64) - want) / np.abs(want)))
+    print(f"gp: largest relative deviation from the float64 twin {worst:.1e}")
+    assert worst < KERNEL_LOOKAHEAD_RTOL, worst
