@@ -111,13 +111,109 @@ def _check_selection(sel, ctx):
     assert np.all(np.isfinite(sel.scores))
 
 
+# ------------------------------------------------------------- float64 twins of the scores
+def _float64(ctx):
+    """The context's network outputs and penultimate features, in float64 (numpy)."""
+    with jax.enable_x64(True):
+        p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), ctx.params)
+        xu, xl = (jnp.asarray(a, jnp.float64) for a in (ctx.x_candidates, ctx.x_labeled))
+        out = {"f_u": ctx.model.apply(p, ctx.state, xu),
+               "h_u": ctx.model.embed(p, ctx.state, xu),
+               "h_l": ctx.model.embed(p, ctx.state, xl)}
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def _softmax64(ctx):
+    f = _float64(ctx)["f_u"]
+    e = np.exp(f - f.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _twin_entropy(ctx):
+    p = _softmax64(ctx)
+    return -np.sum(p * np.log(p), -1)
+
+
+def _twin_margin(ctx):
+    p = np.sort(_softmax64(ctx), -1)
+    return -(p[:, -1] - p[:, -2])
+
+
+def _twin_least_confidence(ctx):
+    return 1.0 - _softmax64(ctx).max(-1)
+
+
+def _twin_badge(ctx):
+    """‖∂ℓ/∂W‖ = ‖h‖·‖f − onehot(argmax f)‖ for ℓ = ½‖onehot − f‖² (outer-product norm)."""
+    t = _float64(ctx)
+    g = t["f_u"] - np.eye(ctx.num_classes)[np.argmax(t["f_u"], -1)]
+    return np.linalg.norm(t["h_u"], axis=-1) * np.linalg.norm(g, axis=-1)
+
+
+def _twin_coreset(ctx):
+    """Distance of each candidate's embedding to its nearest labeled one."""
+    t = _float64(ctx)
+    d = np.linalg.norm(t["h_u"][:, None, :] - t["h_l"][None, :, :], axis=-1)
+    return d.min(1)
+
+
+def _twin_lookahead(kind):
+    def twin(ctx):
+        from test_lookahead import _float32_twin_scores   # jacrev kernels + explicit solves
+        return _float32_twin_scores(ctx, kind)
+    return twin
+
+
+# Every strategy's scores against an independent float64 computation, here or in the
+# test named. Measured on make_context() (float32 vs float64), relative to the largest
+# score: 1.0-1.1e-7 (uncertainty), 1.6e-7 (BADGE, core-set), 0.8-1.9e-7 (look-ahead);
+# 2e-6 is ~10x the worst.
+TWINS = {"entropy": _twin_entropy, "margin": _twin_margin,
+         "least_confidence": _twin_least_confidence, "badge": _twin_badge,
+         "coreset": _twin_coreset, **{k: _twin_lookahead(k) for k in
+                                      ("mlmoc", "emoc", "eer", "label_flip")}}
+TWINNED_ELSEWHERE = {
+    "random": "i.i.d. uniform draws: test_rng / the selection rule below",
+    "bald": "test_baseline_strategies::test_bald_fallback_is_readout_mc_dropout_on_the_"
+            "deterministic_network",
+    "ll4al": "test_baseline_strategies::test_ll4al_in_the_loop_queries_the_highest_"
+             "predicted_loss",
+    "naive_lookahead": "test_baseline_strategies::test_naive_retraining_vmapped_equals_"
+                       "sequential_sgd_loop",
+    "onestep_lookahead": "test_baseline_strategies::test_onestep_lookahead_equals_one_optax_"
+                         "sgd_step",
+    "infinite_ntk_lookahead": "test_baseline_strategies::test_infinite_ntk_lookahead_equals_"
+                              "explicit_augmented_solve",
+    "gp_lookahead": "test_baseline_strategies::test_gp_emoc_equals_refitting_the_gp_per_"
+                    "candidate_and_label"}
+BATTERY_RTOL = 2e-6
+SET_BASED = {"badge", "coreset"}      # their picks are a set rule, not the top scores
+
+
+def test_every_strategy_has_a_twin():
+    assert set(TWINS) | set(TWINNED_ELSEWHERE) == set(strategies.names())
+    assert not set(TWINS) & set(TWINNED_ELSEWHERE)
+
+
 @pytest.mark.parametrize("name", strategies.names())
 def test_every_strategy_battery(name):
-    """Distinct in-range indices, finite scores, deterministic for a seed (batch mode)."""
-    sel = strategies.get(name)(make_context())
-    _check_selection(sel, make_context())
+    """Distinct in-range indices, finite scores, deterministic for a seed (batch mode);
+    the scores equal the float64 twin's; a ranking strategy returns its top scores."""
+    ctx = make_context()
+    sel = strategies.get(name)(ctx)
+    _check_selection(sel, ctx)
     again = strategies.get(name)(make_context())
     np.testing.assert_array_equal(sel.indices, again.indices)
+    scores = np.asarray(sel.scores, np.float64)
+    if name in TWINS:
+        twin = TWINS[name](ctx)
+        worst = np.max(np.abs(scores - twin)) / np.max(np.abs(twin))
+        assert worst < BATTERY_RTOL, (name, worst)
+    if name not in SET_BASED:
+        np.testing.assert_array_equal(sel.indices, np.argsort(-scores, kind="stable")[
+            :ctx.query_size])
+    else:     # k-means++ (BADGE) and k-center greedy both start from the largest score
+        assert sel.indices[0] == np.argmax(scores)
 
 
 @pytest.mark.parametrize("name", strategies.sequential_names())
