@@ -16,12 +16,16 @@ class probabilities with ``softmax(f(x))``. For squared-loss outputs (roughly in
 this is a monotone but flattened calibration, so compare strategies under the same loss.
 
 Device residency: scores stay on the device; :func:`top_k` moves only the chosen indices
-(and one finiteness flag) to the host, explicitly.
+and two check values (the number of non-finite scores, the k-th best score) to the host,
+in one explicit transfer. Its device half, :func:`top_k_on_device`, moves nothing, so a
+strategy can keep its whole acquisition on the device and fetch once at the end
+(:func:`check_top_k` is the host half).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, NamedTuple, Optional, Protocol
 
 import jax
@@ -128,12 +132,21 @@ class Selection(NamedTuple):
     info: Mapping[str, float] = {}
 
 
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _context_flags(y, x_labeled, x_candidates, num_classes: int) -> dict:
+    """Labels in ``[0, C)`` and finite inputs, one flag each, on device (empty: True)."""
+    return {"y_labeled": jnp.all((y >= 0) & (y < num_classes)),
+            "x_labeled": jnp.all(jnp.isfinite(x_labeled)),
+            "x_candidates": jnp.all(jnp.isfinite(x_candidates))}
+
+
 def validate_context(ctx: AcquisitionContext, who: str) -> None:
     """Refuses a context no strategy can answer, naming the problem (before any work).
 
     Checks: at least one candidate; ``1 <= query_size <= U``; C ≥ 2; labels integers in
     ``[0, C)`` matching the labeled inputs; the same per-example shape for labeled and
-    candidate inputs; finite inputs (one flag per array moves to the host).
+    candidate inputs; finite inputs (one flag per array, computed on the device, comes to
+    the host in one explicit transfer).
     """
     U, L = ctx.num_candidates, ctx.num_labeled
     q = ctx.query_size
@@ -155,37 +168,63 @@ def validate_context(ctx: AcquisitionContext, who: str) -> None:
     if tuple(ctx.x_labeled.shape[1:]) != tuple(ctx.x_candidates.shape[1:]):
         raise ValueError(f"{who}: labeled inputs are {tuple(ctx.x_labeled.shape[1:])} per "
                          f"example but candidates are {tuple(ctx.x_candidates.shape[1:])}")
-    checks = {"y_labeled": jnp.all((jnp.asarray(y) >= 0) & (jnp.asarray(y) < C)) if L else True,
-              "x_labeled": jnp.all(jnp.isfinite(jnp.asarray(ctx.x_labeled))) if L else True,
-              "x_candidates": jnp.all(jnp.isfinite(jnp.asarray(ctx.x_candidates)))}
+    checks = _context_flags(y, ctx.x_labeled, ctx.x_candidates, int(C))
     for name, ok in jax.device_get(checks).items():
         if not bool(ok):
             what = f"labels outside [0, {C})" if name == "y_labeled" else "NaN or inf values"
             raise ValueError(f"{who}: {name} holds {what}")
 
 
-def top_k(scores, k: int) -> np.ndarray:
-    """Positions of the ``k`` largest scores, best first; ties go to the lower index.
+@functools.partial(jax.jit, static_argnames=("k",))
+def _top_k_jit(scores: Array, k: int) -> tuple[Array, Array, Array]:
+    values, idx = jax.lax.top_k(scores, k)
+    return idx, jnp.sum(jnp.isnan(scores) | (scores == jnp.inf)), values[-1]
 
-    Runs on the device (``jax.lax.top_k``); only the ``k`` indices and one finiteness
-    flag come to the host. ``-inf`` marks candidates that may not be picked.
 
-    Raises:
-      FloatingPointError: a score is NaN or +inf (a bug upstream).
-      ValueError: ``k`` is not in ``[1, U]``.
+def top_k_on_device(scores, k: int) -> tuple[Array, Array, Array]:
+    """The device half of :func:`top_k`: one jitted program, nothing leaves the device.
+
+    Args:
+      scores: ``(U,)`` scores (``-inf``: may not be picked).
+      k: how many, ``1 <= k <= U`` (checked from the shape, on the host).
+
+    Returns:
+      ``(indices (k,) int32, bad () int32, worst ())``: positions of the ``k`` largest
+      scores, best first (ties to the lower index), the number of NaN or +inf scores, and
+      the k-th largest score; :func:`check_top_k` raises :func:`top_k`'s errors from
+      host copies of the last two.
     """
     scores = jnp.asarray(scores)
     n = int(scores.shape[0])
     if not 1 <= int(k) <= n:
         raise ValueError(f"cannot select {k} of {n} candidates")
-    values, idx = jax.lax.top_k(scores, int(k))
-    bad, worst = jax.device_get((jnp.sum(jnp.isnan(scores) | (scores == jnp.inf)),
-                                 values[-1]))
+    return _top_k_jit(scores, int(k))
+
+
+def check_top_k(bad, worst, k: int, n: int) -> None:
+    """The host half of :func:`top_k`: raises when the top ``k`` of ``n`` scores may not be
+    used (``bad``, ``worst``: host copies of :func:`top_k_on_device`'s check values)."""
     if int(bad):
         raise FloatingPointError(f"{int(bad)} of {n} acquisition scores are not finite")
     if worst == -np.inf:
         raise ValueError(f"cannot select {k} of {n} candidates: fewer than {k} may be picked")
-    return np.asarray(jax.device_get(idx), np.int64)
+
+
+def top_k(scores, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest scores, best first; ties go to the lower index.
+
+    Runs on the device (``jax.lax.top_k``, :func:`top_k_on_device`); only the ``k``
+    indices and two check values come to the host, in one explicit transfer. ``-inf``
+    marks candidates that may not be picked.
+
+    Raises:
+      FloatingPointError: a score is NaN or +inf (a bug upstream).
+      ValueError: ``k`` is not in ``[1, U]``, or fewer than ``k`` scores are above ``-inf``.
+    """
+    scores = jnp.asarray(scores)
+    idx, bad, worst = jax.device_get(top_k_on_device(scores, k))
+    check_top_k(bad, worst, int(k), int(scores.shape[0]))
+    return np.asarray(idx, np.int64)
 
 
 def select_top(ctx: AcquisitionContext, scores, info: Optional[Mapping[str, float]] = None
