@@ -6,6 +6,10 @@ transformation: :func:`build_system` (the init: pad, factor), :func:`score_candi
 sequential rank-one update). Everything runs on the device; this module knows nothing of
 models, strategies or the loop (the strategies in
 :mod:`lookahead_jax.strategies.ntk_lookahead` call it with kernels from the NTK engine).
+Nothing here reads a device array back to the host, and host numbers (L, the jitter, a
+candidate index, a label) go to the device with an explicit ``jax.device_put``
+(:func:`to_device`), never an implicit one: the module runs under
+``jax.transfer_guard("disallow")`` (tests/test_device_resident.py).
 
 One cycle, from the trained network f_L (MATH.md, "All candidates at once"):
 
@@ -99,6 +103,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax.scipy.linalg import solve_triangular
 
@@ -199,6 +204,18 @@ def _pad2(a: Array, rows: int, cols: int) -> Array:
     return jnp.zeros((rows, cols), a.dtype).at[:a.shape[0], :a.shape[1]].set(a)
 
 
+def to_device(x, dtype) -> Array:
+    """``x`` as a device array of ``dtype``, with no implicit transfer.
+
+    A JAX array (or tracer) is cast on the device; a host value (Python or NumPy number,
+    NumPy array) is sent with one explicit ``jax.device_put``, which
+    ``jax.transfer_guard("disallow")`` allows (an implicit ``jnp.asarray`` of it is not).
+    """
+    if isinstance(x, jax.Array):
+        return x.astype(dtype)
+    return jax.device_put(np.asarray(x, dtype))
+
+
 # ----------------------------------------------------------------------------- build
 
 
@@ -258,9 +275,9 @@ def build_system(k_ll, k_ul, y_l, f_l, f_u, *, num_classes: int, k_uu=None,
     chunk, Up = chunk_layout(U, chunk_size)
     spec = Spec(block=b, q=c // b, num_classes=c, chunk=chunk, eval_is_cand=k_el is None,
                 u_floor=float(u_floor))
-    n = jnp.asarray(rows if num_labeled is None else num_labeled, jnp.int32)
+    n = to_device(rows if num_labeled is None else num_labeled, jnp.int32)
     state = _build(spec, N, Up, bool(sequential), k_ll, k_ul, y_l, f_l, f_u, n,
-                   jnp.asarray(jitter, jnp.result_type(float)), k_uu, kappa, k_el, k_eu, f_e)
+                   to_device(jitter, jnp.result_type(float)), k_uu, kappa, k_el, k_eu, f_e)
     info = {"jitter": float(jitter), "capacity": N, "block": b, "u_floor": float(u_floor)}
     return state, spec, info
 
@@ -487,10 +504,16 @@ def _sequential_scores(kind: str, spec: Spec, ref_is_lin: bool, st: LookaheadSta
 
 @functools.partial(jax.jit, static_argnames=("kind", "spec"))
 def _streaming_chunk(kind: str, spec: Spec, st: LookaheadState, start, k_ue_rows):
+    """Scores of the chunk at ``start`` from its rows Θ(chunk, E) (padded here when short).
+
+    Returns ``(scores (k,), () number clamped)``.
+    """
     w_e = st.w_u if spec.eval_is_cand else st.w_e
+    rows = _pad2(flatten_kernel(k_ue_rows), spec.chunk * spec.block, w_e.shape[1])
     w_c = jax.lax.dynamic_slice_in_dim(st.w_u, start * spec.block, spec.chunk * spec.block,
                                        axis=1)
-    return _chunk_scores(kind, spec, False, w_c.T @ w_e - k_ue_rows, start, st)
+    s, c = _chunk_scores(kind, spec, False, w_c.T @ w_e - rows, start, st)
+    return s, jnp.sum(c)
 
 
 def score_candidates(kind: str, spec: Spec, state: LookaheadState, *,
@@ -519,17 +542,18 @@ def streaming_scores(kind: str, spec: Spec, state: LookaheadState,
         the real U (the block is then shorter and is padded here).
       num_chunks: score only the first ``num_chunks`` chunks (timing a fraction).
     Returns ``((U_pad,) scores, () number clamped)`` as device arrays (fewer scores with
-    ``num_chunks``). Peak memory: one k × E block (plus the state).
+    ``num_chunks``). Peak memory: one k × E block (plus the state). Nothing comes to the
+    host; each chunk's offset goes to the device explicitly (what ``row_block`` does is
+    its own affair: the NTK engine's row blocks are eager calls).
     """
-    k, b = spec.chunk, spec.block
+    k = spec.chunk
     U = int(state.kappa.shape[0])
-    e_cols = int(state.mask_e.shape[0]) * b
-    out, clamped = [], jnp.zeros((), jnp.int32)
+    out, clamped = [], None
     for start in range(0, U if num_chunks is None else num_chunks * k, k):
-        blk = _pad2(flatten_kernel(jnp.asarray(row_block(start, start + k))), k * b, e_cols)
-        s, c = _streaming_chunk(kind, spec, state, jnp.int32(start), blk)
+        s, c = _streaming_chunk(kind, spec, state, to_device(start, jnp.int32),
+                                jnp.asarray(row_block(start, start + k)))
         out.append(s)
-        clamped = clamped + jnp.sum(c)
+        clamped = c if clamped is None else clamped + c
     return jnp.concatenate(out), clamped
 
 
@@ -631,8 +655,10 @@ def add_labeled(spec: Spec, state: LookaheadState, j, label) -> LookaheadState:
 
     Args:
       spec: static layout; state: a sequential-mode state (``a_uu`` set).
-      j: () int candidate position; label: () int class.
+      j: () int candidate position; label: () int class: device arrays (e.g. a pick made
+        on the device), or host integers, which go to the device explicitly.
     """
+    j, label = to_device(j, jnp.int32), to_device(label, jnp.int32)
     v = _step_vectors(spec, state, j, label)
     return _apply_step(spec, state, v, j)
 
@@ -683,11 +709,18 @@ def augmented_system_scores(k_ll, k_ul, k_uu, f_l, y_l, f_u, lam, chunk: int = 2
     L, C = f_l.shape
     U = k_uu.shape[0]
     n = L if num_labeled is None else num_labeled
-    k_ll, k_ul, r = _mask_labeled(k_ll, k_ul, jnp.asarray(y_l), f_l, jnp.asarray(n))
+    k_ll, k_ul, r = _mask_labeled(k_ll, k_ul, jnp.asarray(y_l), f_l, to_device(n, jnp.int32))
     yhat = jax.nn.one_hot(jnp.argmax(f_u, -1), C, dtype=f_u.dtype)
     return jnp.concatenate([_augmented_chunk(k_ll, k_ul, k_uu, r, yhat, f_u, lam,
-                                             jnp.arange(s, min(s + chunk, U)))
+                                             _positions(to_device(s, jnp.int32),
+                                                        min(chunk, U - s)))
                             for s in range(0, U, chunk)])
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _positions(start, size: int):
+    """``start, start + 1, ..., start + size − 1`` (int32), made on the device."""
+    return start + jnp.arange(size, dtype=jnp.int32)
 
 
 @jax.jit
