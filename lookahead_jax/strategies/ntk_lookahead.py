@@ -5,18 +5,22 @@ predicted with the empirical NTK of f_L (Eq. 11) through the block form (Eq. 12)
 all candidates at once, and scored (Eq. 13 for MLMOC). This module is the glue: it pads
 the labeled inputs to the run's capacity, asks the NTK engine (:mod:`lookahead_jax.ntk`)
 for the kernel blocks, and runs the algebra of :mod:`lookahead_jax.lookahead`. From the
-trained network to the chosen indices everything stays on the device; only the chosen
-indices and the logged scalars come to the host (explicitly).
+trained network to the chosen indices everything stays on the device: :func:`acquire`
+returns the answer still there (an :class:`Acquisition`), and its ``fetch()`` brings the
+chosen indices, two check values and the logged scalars to the host in one explicit
+transfer (tests/test_device_resident.py runs it under transfer guards).
 
 Sequential mode (``ctx.label_fn`` given): ``query_size`` steps of pick the best available
 candidate → ``label_fn(j)`` (its TRUE label) → :func:`~lookahead_jax.lookahead.add_labeled`
 (rank-one update, no new kernel entries) → re-score. Only the index leaves the device and
-only the label comes in, per step.
+only the label comes in, per step (:class:`LookaheadSession`).
 
 Greedy batch mode (option ``batch_mode="greedy"``, beyond the paper): the same steps with
 the pick's *pseudo*-label in place of the true one, so a batch is chosen with each pick
 already counted as if labelled (the paper takes the top ``query_size`` batch scores, with
-no batch diversity). O(U² + nU) per pick, no new kernel entries.
+no batch diversity). O(U² + nU) per pick, no new kernel entries; each pick and its
+pseudo-label feed the next step on the device (:meth:`LookaheadSession.run_on_device`),
+with no host round trip between picks.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ import numpy as np
 
 from lookahead_jax import lookahead as la
 from lookahead_jax import ntk
-from lookahead_jax.strategies.base import (AcquisitionContext, Selection, pad_rows, predict,
-                                           select_top)
+from lookahead_jax.strategies.base import (AcquisitionContext, Selection, check_top_k,
+                                           pad_rows, predict, top_k_on_device)
 from lookahead_jax.strategies.options import OptionsError, RidgeOptions, positive
 from lookahead_jax.strategies.registry import register_strategy
 
@@ -142,19 +146,31 @@ def kernels(ctx: AcquisitionContext, opts: LookaheadOptions, x_labeled: Array,
     return out, row_block
 
 
+@functools.partial(jax.jit, static_argnums=(2,))
+def _pad_labeled(x_l: Array, y_l: Array, capacity: int) -> tuple[Array, Array]:
+    """Labeled inputs and labels padded to the capacity N, on device (one program).
+
+    Inputs are padded with copies of the first one (so the padding's NTK features stay
+    finite; the look-ahead system ignores rows past the real L, lookahead.build_system),
+    labels with 0.
+    """
+    y = jnp.zeros((capacity,), jnp.int32).at[:y_l.shape[0]].set(y_l.astype(jnp.int32))
+    return pad_rows(x_l, capacity, fill="first"), y
+
+
 def _system(ctx: AcquisitionContext, opts: LookaheadOptions, extra: int, sequential: bool,
             streaming: bool):
     """Kernels and the padded, factored system of one cycle: ``(state, spec, info, rows)``.
 
     ``extra``: labeled slots beyond the run's capacity (sequential steps add points).
+    Nothing comes to the host: the padding, the kernels (:func:`kernels`), the network
+    outputs and :func:`~lookahead_jax.lookahead.build_system` are device computations.
+    The host waits once, for the kernels, to log ``kernel_s``.
     """
     t0 = time.perf_counter()
     L, C = ctx.num_labeled, ctx.num_classes
     N = max(ctx.capacity, L + extra)
-    # copies of a real input keep the padding's NTK features finite; the look-ahead system
-    # ignores rows past the real L (lookahead.build_system)
-    x_l = pad_rows(ctx.x_labeled, N, fill="first")
-    y_l = jnp.zeros((N,), jnp.int32).at[:L].set(jnp.asarray(ctx.y_labeled, jnp.int32))
+    x_l, y_l = _pad_labeled(ctx.x_labeled, ctx.y_labeled, N)
     blocks, row_block = kernels(ctx, opts, x_l, streaming)
     jax.block_until_ready(blocks)
     t_kernel = time.perf_counter() - t0
@@ -168,6 +184,66 @@ def _system(ctx: AcquisitionContext, opts: LookaheadOptions, extra: int, sequent
         jitter=opts.jitter, u_floor=opts.u_floor, chunk_size=opts.chunk_size,
         sequential=sequential, **blocks)
     return state, spec, dict(info, kernel_s=t_kernel), row_block
+
+
+# ----------------------------------------------------------------------------- on device
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _head(scores: Array, num_candidates: int) -> Array:
+    """The real candidates' scores ``(U,)`` of padded ones ``(U_pad,)``."""
+    return scores[:num_candidates]
+
+
+class Pick(NamedTuple):
+    """One pick made on the device (:meth:`LookaheadSession.pick`); nothing has moved.
+
+    Attributes:
+      index: ``()`` int, the best available candidate (argmax of the scores).
+      nan: ``()`` bool, some score is NaN (the pick is then meaningless).
+      top: ``()`` the best score (``-inf``: no candidate was left to pick).
+    """
+
+    index: Array
+    nan: Array
+    top: Array
+
+
+@jax.jit
+def _pick(scores: Array) -> Pick:
+    return Pick(jnp.argmax(scores), jnp.any(jnp.isnan(scores)), jnp.max(scores))
+
+
+def _check_pick(step: int, nan, top) -> None:
+    """Host half of a pick: raises what :meth:`LookaheadSession.best` raises."""
+    if nan:
+        raise FloatingPointError(f"look-ahead scores at step {step} are NaN")
+    if top == -np.inf:
+        raise ValueError("no candidate is left to pick")
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _pseudo_label(ref_u: Array, j: Array, num_classes: int) -> Array:
+    return jnp.argmax(ref_u.reshape(-1, num_classes)[j])
+
+
+@jax.jit
+def _withdraw(available: Array, j: Array) -> Array:
+    return available.at[j].set(False)
+
+
+@jax.jit
+def _top_score_jit(scores: Array, num_eval: Array) -> Array:
+    return jnp.max(scores) / num_eval
+
+
+def _top_score(scores: Array, num_eval: int) -> Array:
+    """The best score divided by the number of evaluation points (logged), on device.
+
+    The divisor is a run-time value, as it was when this was two eager operations: a
+    compile-time constant lets XLA multiply by its reciprocal instead (1 ulp apart).
+    """
+    return _top_score_jit(scores, la.to_device(num_eval, scores.dtype))
 
 
 class Steps(NamedTuple):
@@ -188,6 +264,52 @@ class Steps(NamedTuple):
     clamped_all_steps: int
 
 
+class DeviceSteps(NamedTuple):
+    """:meth:`LookaheadSession.run_on_device`'s record: :class:`Steps` still on the device.
+
+    :meth:`fetch` brings it to the host in one explicit transfer and raises what
+    :meth:`LookaheadSession.best` would have raised at the first bad step.
+
+    Attributes:
+      indices, labels: ``(steps,)`` int picks and the labels absorbed, in pick order.
+      first_scores: ``(U,)`` the step-0 scores.
+      first_clamped, clamped_all_steps: ``()`` int.
+      nan: ``(steps,)`` bool, a score was NaN at that step; top: ``(steps,)`` best score.
+      first_step: the session's step count before these steps (for error messages).
+    """
+
+    indices: Array
+    labels: Array
+    first_scores: Array
+    first_clamped: Array
+    clamped_all_steps: Array
+    nan: Array
+    top: Array
+    first_step: int = 0
+
+    def check(self, nan, top) -> None:
+        """Raises for the first bad step, given host copies of ``nan`` and ``top``."""
+        for t, (bad, best) in enumerate(zip(nan, top)):
+            _check_pick(self.first_step + t, bad, best)
+
+    def fetch(self) -> Steps:
+        idx, labels, c0, call, nan, top = jax.device_get((
+            self.indices, self.labels, self.first_clamped, self.clamped_all_steps,
+            self.nan, self.top))
+        self.check(nan, top)
+        return Steps(indices=np.asarray(idx, np.int64), labels=np.asarray(labels, np.int64),
+                     first_scores=self.first_scores, first_clamped=int(c0),
+                     clamped_all_steps=int(call))
+
+
+@jax.jit
+def _stack_steps(picks: list, labels: list, clamped: list):
+    """Per-step device scalars as ``(steps,)`` arrays, and the clamped total."""
+    return (jnp.stack([p.index for p in picks]), jnp.stack(labels),
+            jnp.stack([p.nan for p in picks]), jnp.stack([p.top for p in picks]),
+            jnp.sum(jnp.stack(clamped)))
+
+
 class LookaheadSession:
     """A look-ahead system over one candidate set, stepped one label at a time, on device.
 
@@ -198,7 +320,13 @@ class LookaheadSession:
     :meth:`skip` withdraws a candidate without a label; :meth:`run` does ``steps`` of
     pick → label → absorb, with true labels (sequential mode) or pseudo-labels (greedy
     batch mode). The strategies' sequential and greedy modes and the notebook labeler run
-    on it. Per step only the chosen index leaves the device and only the label comes in.
+    on it.
+
+    Device residency: every step is device computations. :meth:`pick` leaves the chosen
+    index on the device, :meth:`absorb` takes it (or a host integer, sent explicitly) and
+    the label; so per step only the index leaves the device (:meth:`best`, when a person
+    or an oracle must see it) and only the label comes in. :meth:`run_on_device` (greedy)
+    keeps every step on the device and moves nothing at all.
 
     Args:
       ctx: the acquisition context (``ctx.options`` a :class:`LookaheadOptions`, or a
@@ -230,6 +358,8 @@ class LookaheadSession:
         ``state``, ``spec``: from :func:`lookahead.build_system` with ``sequential=True`` and
         a capacity of at least L + ``max_steps``; ``num_candidates``: the real U (before
         chunk padding); ``options``: only ``first_step`` is read (default: the defaults).
+        Reads the system's labeled count ``state.n`` (one explicit transfer) to check the
+        capacity.
         """
         if state.a_uu is None:
             raise ValueError("the system was not built with sequential=True")
@@ -255,7 +385,8 @@ class LookaheadSession:
             self.state = self.state._replace(ref_u=self.state.lin_u, ref_e=self.state.lin_e)
 
     def scores(self) -> tuple[Array, Array]:
-        """``((U,) scores, () number clamped)`` now; unavailable candidates score −inf.
+        """``((U,) scores, () number clamped)`` now, on device; unavailable candidates
+        score −inf.
 
         Step 0 uses the reference the ``first_step`` option names; later steps the
         linearised model f^lin of everything absorbed so far.
@@ -263,17 +394,26 @@ class LookaheadSession:
         s, clamped = la.score_candidates(
             self.kind, self.spec, self.state,
             ref_is_lin=self.steps > 0 or self.opts.first_step == "linearised")
-        return s[:self.num_candidates], clamped
+        return _head(s, self.num_candidates), clamped
+
+    def pick(self, scores: Optional[Array] = None) -> Pick:
+        """The available candidate with the highest score, left on the device.
+
+        Returns a :class:`Pick` (index, NaN flag, best score) of device scalars; pass
+        ``pick.index`` to :meth:`absorb` as it is. Nothing is checked or moved:
+        :meth:`best` is this plus one explicit transfer and the checks.
+        """
+        return _pick(self.scores()[0] if scores is None else scores)
 
     def best(self, scores: Optional[Array] = None) -> int:
-        """The available candidate with the highest score (one index to the host)."""
-        scores = self.scores()[0] if scores is None else scores
-        j, bad, top = jax.device_get((jnp.argmax(scores), jnp.any(jnp.isnan(scores)),
-                                      jnp.max(scores)))
-        if bad:
-            raise FloatingPointError(f"look-ahead scores at step {self.steps} are NaN")
-        if top == -np.inf:
-            raise ValueError("no candidate is left to pick")
+        """The available candidate with the highest score (one index to the host).
+
+        Raises:
+          FloatingPointError: a score is NaN.
+          ValueError: no candidate is left to pick.
+        """
+        j, nan, top = jax.device_get(self.pick(scores))
+        _check_pick(self.steps, nan, top)
         return int(j)
 
     def pseudo_label(self, j: int) -> int:
@@ -283,51 +423,91 @@ class LookaheadSession:
         ``first_step="network"`` (MLMOC's y′ = argmax f_L(x′), Eq. 13), otherwise the
         linearised model f^lin of the labeled set plus everything absorbed so far. MLMOC and
         label-flip score exactly this label; EMOC and EER average over labels, and this is
-        their most likely one.
+        their most likely one. (On the device: :meth:`run_on_device`.)
         """
-        ref = self.state.ref_u.reshape(-1, self.spec.num_classes)
-        return int(jax.device_get(jnp.argmax(ref[int(j)])))
+        return int(jax.device_get(self._pseudo_label(la.to_device(int(j), jnp.int32))))
 
-    def absorb(self, j: int, label: int) -> None:
-        """Adds candidate ``j`` with ``label`` to the system (Eq. 12's rank-one update)."""
+    def _pseudo_label(self, j: Array) -> Array:
+        return _pseudo_label(self.state.ref_u, j, self.spec.num_classes)
+
+    def absorb(self, j, label) -> None:
+        """Adds candidate ``j`` with ``label`` to the system (Eq. 12's rank-one update).
+
+        ``j`` and ``label``: host integers (checked, then sent to the device explicitly),
+        or device scalars (e.g. :attr:`Pick.index`), taken as they are: checking them
+        would bring them to the host.
+        """
         if self.steps >= self.max_steps:
             raise ValueError(f"the session holds at most {self.max_steps} new labels")
         C = self.spec.num_classes
-        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or \
-                not 0 <= int(label) < C:
+        if not isinstance(label, jax.Array) and (
+                isinstance(label, bool) or not isinstance(label, (int, np.integer))
+                or not 0 <= int(label) < C):
             raise ValueError(f"label {label!r} for candidate {j} is not an integer in [0, {C})")
-        if not 0 <= int(j) < self.num_candidates:
+        if not isinstance(j, jax.Array) and not 0 <= int(j) < self.num_candidates:
             raise ValueError(f"candidate {j} is outside [0, {self.num_candidates})")
-        self.state = la.add_labeled(self.spec, self.state, jnp.int32(j), jnp.int32(label))
+        self.state = la.add_labeled(self.spec, self.state, j, label)
         self.steps += 1
 
-    def skip(self, j: int) -> None:
+    def skip(self, j) -> None:
         """Withdraws candidate ``j`` (never picked again; it stays an evaluation point)."""
-        self.state = self.state._replace(available=self.state.available.at[int(j)].set(False))
+        self.state = self.state._replace(
+            available=_withdraw(self.state.available, la.to_device(j, jnp.int32)))
+
+    def run_on_device(self, steps: int) -> DeviceSteps:
+        """``steps`` greedy steps (pick, pseudo-label, absorb, re-score), all on the device.
+
+        Every step's index and pseudo-label stay on the device and feed the next step, so
+        the host only enqueues work and nothing is transferred; checks (a NaN score, no
+        candidate left) happen in :meth:`DeviceSteps.fetch`.
+        """
+        first_step = self.steps
+        picks, labels, clamped_steps, first, first_clamped = [], [], [], None, None
+        for _ in range(int(steps)):
+            scores, clamped = self.scores()
+            p = self.pick(scores)
+            if first is None:
+                first, first_clamped = scores, clamped
+            clamped_steps.append(clamped)
+            y = self._pseudo_label(p.index)
+            self.absorb(p.index, y)
+            picks.append(p)
+            labels.append(y)
+        idx, ys, nan, top, call = _stack_steps(picks, labels, clamped_steps)
+        return DeviceSteps(indices=idx, labels=ys, first_scores=first,
+                           first_clamped=first_clamped, clamped_all_steps=call, nan=nan,
+                           top=top, first_step=first_step)
 
     def run(self, steps: int, label_fn: Optional[Callable[[int], int]] = None) -> Steps:
         """``steps`` times: pick the best candidate, label it, absorb it, re-score.
 
         ``label_fn(j)``: the TRUE label of candidate ``j`` (sequential mode, asked once per
-        pick, in pick order); ``None``: its :meth:`pseudo_label` (greedy batch mode).
+        pick, in pick order): per step the index comes to the host (one explicit transfer)
+        and the label goes to the device. ``None``: its :meth:`pseudo_label` (greedy batch
+        mode), :meth:`run_on_device` and one transfer at the end.
         """
+        if label_fn is None:
+            return self.run_on_device(steps).fetch()
         picked, labels, clamped_steps, first, first_clamped = [], [], [], None, None
         C = self.spec.num_classes
         for _ in range(int(steps)):
             scores, clamped = self.scores()
-            j = self.best(scores)
+            p = self.pick(scores)
+            j, nan, top = jax.device_get(p)                  # the index goes out
+            _check_pick(self.steps, nan, top)
+            j = int(j)
             if first is None:
                 first, first_clamped = scores, clamped
             clamped_steps.append(clamped)
-            y = self.pseudo_label(j) if label_fn is None else label_fn(j)
+            y = label_fn(j)
             if isinstance(y, bool) or not isinstance(y, (int, np.integer)) or \
                     not 0 <= int(y) < C:
                 raise ValueError(f"label_fn returned {y!r} for candidate {j}; labels must be "
                                  f"integers in [0, {C})")
-            self.absorb(j, int(y))
+            self.absorb(p.index, int(y))                      # the label comes in
             picked.append(j)
             labels.append(int(y))
-        c0, call = jax.device_get((first_clamped, jnp.sum(jnp.stack(clamped_steps))))
+        c0, call = jax.device_get((first_clamped, _sum_counts(clamped_steps)))
         return Steps(indices=np.asarray(picked, np.int64), labels=np.asarray(labels, np.int64),
                      first_scores=first, first_clamped=int(c0), clamped_all_steps=int(call))
 
@@ -336,6 +516,45 @@ class LookaheadSession:
         st, spec = self.state, self.spec
         lin = st.lin_u if spec.eval_is_cand else st.lin_e
         return lin.reshape(-1, spec.num_classes)[:self.num_eval]
+
+
+@jax.jit
+def _sum_counts(counts: list) -> Array:
+    return jnp.sum(jnp.stack(counts))
+
+
+class Acquisition(NamedTuple):
+    """One batch acquisition whose answer is still on the device (:func:`acquire`).
+
+    Nothing here has left the device. :meth:`fetch` brings the indices, the check values
+    and the logged scalars to the host in ONE explicit transfer and returns the
+    :class:`~lookahead_jax.strategies.base.Selection`, raising what the host-side path
+    raises (NaN scores, too few candidates to pick).
+
+    Attributes:
+      indices: ``(query_size,)`` int chosen positions, in pick order.
+      scores: ``(U,)`` scores (the step-0 scores in greedy mode).
+      logged: device scalars fetched with the indices: the logged ``clamped``,
+        ``clamped_all_steps``, ``top_score``, ``lambda`` and the checks' inputs.
+      info: host values known without a transfer (``jitter``, ``capacity``, ``block``,
+        ``u_floor``, ``kernel_s``).
+      finish: ``finish(host copy of logged) -> dict``: checks (raising), and the logged
+        scalars as Python numbers.
+      started: ``time.perf_counter()`` at the start (``total_s`` ends at the fetch).
+    """
+
+    indices: Array
+    scores: Array
+    logged: dict
+    info: dict
+    finish: Callable[[dict], dict]
+    started: float
+
+    def fetch(self) -> Selection:
+        idx, logged = jax.device_get((self.indices, self.logged))
+        info = dict(self.info, **self.finish(logged))
+        info["total_s"] = time.perf_counter() - self.started
+        return Selection(indices=np.asarray(idx, np.int64), scores=self.scores, info=info)
 
 
 def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
@@ -348,53 +567,112 @@ def lookahead_select(ctx: AcquisitionContext, kind: str) -> Selection:
     (sequential only), and ``scores`` the step-0 scores (later picks used re-scored
     values, so ``indices`` need not be the top-k of ``scores``).
 
+    Batch modes are :func:`acquire` (on the device) and one transfer; sequential mode
+    moves one index out and one label in per step.
+
     ``info``: ``jitter`` (relative), ``lambda`` (absolute), ``u_floor``, ``clamped``
     (Schur complements clamped at step 0 / in the batch), ``clamped_all_steps``,
     ``capacity``, ``block``, ``kernel_s`` and ``total_s`` (seconds), ``top_score``
     (the best step-0 score, divided by the number of evaluation points).
     """
+    if ctx.label_fn is not None:
+        if not ctx.options.block:
+            raise ValueError("block=False (the paper's 'NTK w/o Block') supports batch-mode "
+                             "MLMOC only")
+        return _sequential(ctx, kind)
+    return acquire(ctx, kind).fetch()
+
+
+def acquire(ctx: AcquisitionContext, kind: str) -> Acquisition:
+    """One batch look-ahead acquisition, from the trained network to the chosen indices,
+    as device computations: nothing comes to the host (``fetch()`` the answer).
+
+    Padding, kernels (:func:`kernels`), network outputs, the factored system, the scores
+    and the top-k (or the greedy steps) are jitted device programs fed by each other's
+    device outputs; host numbers (L, the jitter) go to the device explicitly. The host
+    waits once, for the kernels, to log ``kernel_s``.
+
+    Args:
+      ctx: the context (no ``label_fn``: sequential mode exchanges an index and a label
+        with the host every step, :func:`lookahead_select`); ``ctx.options`` a
+        :class:`LookaheadOptions` or a mapping / ``None`` (parsed here).
+      kind: the score (``"mlmoc"``, ``"emoc"``, ``"eer"``, ``"label_flip"``).
+    """
+    if ctx.label_fn is not None:
+        raise ValueError("acquire is batch-only; sequential mode (label_fn) runs through "
+                         "lookahead_select or LookaheadSession")
+    if not isinstance(ctx.options, LookaheadOptions):
+        ctx = dataclasses.replace(ctx, options=LookaheadOptions.parse(ctx.options,
+                                                                      strategy=kind))
     opts: LookaheadOptions = ctx.options
     t0 = time.perf_counter()
-    sequential = ctx.label_fn is not None
-    if not opts.block and (kind != "mlmoc" or sequential):
+    if not opts.block and kind != "mlmoc":
         raise ValueError("block=False (the paper's 'NTK w/o Block') supports batch-mode "
                          "MLMOC only")
-    U = ctx.num_candidates
-    if sequential or opts.batch_mode == "greedy":
-        return _stepwise(LookaheadSession(ctx, kind), ctx.label_fn, t0)
-    streaming = opts.streaming
-    state, spec, info, row_block = _system(ctx, opts, 0, False, streaming)
+    U, q = ctx.num_candidates, ctx.query_size
+    if opts.batch_mode == "greedy":
+        session = LookaheadSession(ctx, kind)
+        run = session.run_on_device(q)
+        logged = dict(first_clamped=run.first_clamped, clamped_all_steps=run.clamped_all_steps,
+                      top_score=_top_score(run.first_scores, session.num_eval),
+                      lam=session.state.lam, nan=run.nan, top=run.top)
+
+        def finish(h):
+            run.check(h["nan"], h["top"])
+            return {"clamped": int(h["first_clamped"]),
+                    "clamped_all_steps": int(h["clamped_all_steps"]),
+                    "top_score": float(h["top_score"]), "lambda": float(h["lam"])}
+
+        return Acquisition(run.indices, run.first_scores, logged, dict(session.info), finish,
+                           t0)
+    state, spec, info, row_block = _system(ctx, opts, 0, False, opts.streaming)
     if not opts.block:
         blocks = state
         lam = _ridge(blocks["k_ll"], ctx.num_labeled, opts.jitter)
         scores = la.augmented_system_scores(blocks["k_ll"], blocks["k_ul"], blocks["k_uu"],
                                             info["f_l"], info["y_l"], info["f_u"], lam,
                                             opts.chunk_size, num_labeled=ctx.num_labeled)
-        top = float(jax.device_get(jnp.max(scores))) / U
-        return select_top(ctx, scores, dict(jitter=opts.jitter, kernel_s=info["kernel_s"],
-                                            top_score=top, total_s=time.perf_counter() - t0))
+        idx, bad, worst = top_k_on_device(scores, q)
+        # the best score comes to the host and is divided there (as it always was)
+        logged = dict(bad=bad, worst=worst, top=_top_score(scores, 1))
+        info = dict(jitter=opts.jitter, kernel_s=info["kernel_s"])
+
+        def finish(h):
+            check_top_k(h["bad"], h["worst"], q, U)
+            return {"top_score": float(h["top"]) / U}
+
+        return Acquisition(idx, scores, logged, info, finish, t0)
     E = U if opts.eval_x is None else int(np.shape(opts.eval_x)[0])
-    if streaming:
+    if opts.streaming:
         scores, clamped = la.streaming_scores(kind, spec, state, row_block)
     else:
         scores, clamped = la.score_candidates(kind, spec, state)
-    scores = scores[:U]
-    lam, clamped, top = jax.device_get((state.lam, clamped, jnp.max(scores) / E))
-    info.update(clamped=int(clamped), total_s=time.perf_counter() - t0,
-                top_score=float(top), **{"lambda": float(lam)})
-    return select_top(ctx, scores, info)
+    scores = _head(scores, U)
+    idx, bad, worst = top_k_on_device(scores, q)
+    logged = dict(bad=bad, worst=worst, clamped=clamped, top_score=_top_score(scores, E),
+                  lam=state.lam)
+
+    def finish(h):
+        check_top_k(h["bad"], h["worst"], q, U)
+        return {"clamped": int(h["clamped"]), "top_score": float(h["top_score"]),
+                "lambda": float(h["lam"])}
+
+    return Acquisition(idx, scores, logged, info, finish, t0)
 
 
-def _stepwise(session: LookaheadSession, label_fn, t0: float) -> Selection:
-    """Sequential mode (``label_fn``: TRUE labels, the paper) or greedy batch mode
-    (``label_fn`` None: pseudo-labels): ``query_size`` picks, each absorbed before the next."""
-    run = session.run(session.ctx.query_size, label_fn)
-    lam, top = jax.device_get((session.state.lam, jnp.max(run.first_scores) / session.num_eval))
+def _sequential(ctx: AcquisitionContext, kind: str) -> Selection:
+    """Sequential mode (``ctx.label_fn``: TRUE labels, the paper): ``query_size`` picks,
+    each absorbed before the next; per step the index goes out and the label comes in."""
+    t0 = time.perf_counter()
+    session = LookaheadSession(ctx, kind)
+    run = session.run(session.ctx.query_size, ctx.label_fn)
+    lam, top = jax.device_get((session.state.lam,
+                               _top_score(run.first_scores, session.num_eval)))
     info = dict(session.info, clamped=run.first_clamped,
                 clamped_all_steps=run.clamped_all_steps, top_score=float(top),
                 total_s=time.perf_counter() - t0, **{"lambda": float(lam)})
-    return Selection(indices=run.indices, scores=run.first_scores,
-                     revealed=None if label_fn is None else run.labels, info=info)
+    return Selection(indices=run.indices, scores=run.first_scores, revealed=run.labels,
+                     info=info)
 
 
 @jax.jit
@@ -405,7 +683,7 @@ def _ridge_jit(k_ll, n, jitter):
 
 def _ridge(k_ll: Array, n: int, jitter: float) -> Array:
     """λ = jitter · mean of the real diagonal of Θ(X, X) (as :func:`la.build_system`)."""
-    return _ridge_jit(k_ll, jnp.int32(n), jnp.asarray(jitter, k_ll.dtype))
+    return _ridge_jit(k_ll, la.to_device(n, jnp.int32), la.to_device(jitter, k_ll.dtype))
 
 
 def _lookahead(kind: str, doc: str):
