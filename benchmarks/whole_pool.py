@@ -55,6 +55,15 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 7) -> float:
     return 2 * n ** 3 / float(np.median(times)) / 1e9
 
 
+def code_version() -> dict:
+    """The git commit the benchmark ran at, and whether the working tree differed."""
+    import subprocess
+    run = lambda *a: subprocess.run(["git", *a], cwd=HERE, capture_output=True,  # noqa: E731
+                                    text=True).stdout.strip()
+    return dict(commit=run("rev-parse", "HEAD"),
+                dirty=bool(run("status", "--porcelain", "--untracked-files=no")))
+
+
 def machine() -> dict:
     return dict(platform=platform.platform(), python=platform.python_version(),
                 jax=jax.__version__, devices=[str(d) for d in jax.devices()],
@@ -80,7 +89,7 @@ def main(argv=None) -> dict:
         a.pool = a.pool or 2000
     out = a.out or (os.path.join("/tmp", "whole_pool_quick.json") if a.quick else
                     os.path.join(HERE, "results", "whole_pool_cpu.json"))
-    res = dict(machine=machine(), note=a.note, load_avg_start=list(os.getloadavg()),
+    res = dict(machine=machine(), code=code_version(), note=a.note, load_avg_start=list(os.getloadavg()),
                seed=a.seed, quick=a.quick)
     t_all = time.perf_counter()
 
