@@ -60,9 +60,15 @@ jitted program. Chunks are padded to a fixed size, and every piece is a module-l
 Devices: with ``len(jax.devices()) > 1`` each chunk is laid out over a 1-D
 ``Mesh(jax.devices(), ("batch",))`` (``NamedSharding(mesh, P("batch"))`` on the example
 axis, parameters and the column features replicated) and the jitted chunk kernels run
-SPMD. Multi-host: call ``jax.distributed.initialize()`` in every process first; then
-``jax.devices()`` is the global device list and the same global mesh is used (inputs must
-be the same on every host, as this module ``device_put`` s host arrays).
+SPMD. Several processes (hosts): join them first with
+:func:`lookahead_jax.distributed.initialize` (``jax.distributed.initialize``); then
+``jax.devices()`` lists every process's devices and the same global mesh spans them. Every
+process calls the same functions with the same host inputs (``x``, ``params``); each chunk
+becomes a global array from them (``jax.make_array_from_callback``: a process places only
+its own devices' rows), so the examples of a chunk are split over the processes. Results
+(features, kernels) are then global ``jax.Array`` s, one value on every process:
+:func:`lookahead_jax.distributed.gather` brings one back as NumPy (a collective); jitted
+code accepts them as they are.
 
 Precision: float32 unless x64 is enabled (then float64 inputs stay float64);
 ``precision`` (a ``jax.lax.Precision``) is passed to every contraction.
@@ -81,6 +87,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lookahead_jax.distributed import global_array
 from lookahead_jax.ntk import structured as st
 
 Array = jax.Array
@@ -487,9 +494,18 @@ def _mesh():
 
 
 def _put(tree, mesh, spec):
+    """``tree`` laid out over ``mesh`` as ``spec`` (unchanged without a mesh).
+
+    One process: ``jax.device_put``. Several processes: each leaf becomes a global array
+    from the host value every process holds (:func:`lookahead_jax.distributed.global_array`;
+    ``device_put`` would first gather every process's copy to check they are equal).
+    """
     if mesh is None:
         return tree
-    return jax.device_put(tree, NamedSharding(mesh, spec))
+    sharding = NamedSharding(mesh, spec)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda a: global_array(a, sharding), tree)
 
 
 def _pad_rows(a, size):
@@ -624,6 +640,15 @@ def kernel_set(f: Callable, params: PyTree, x_labeled: Array, x_candidates: Arra
                output: str = "first_logit", implementation: str = "auto",
                chunk_size: int | None = None, precision=None) -> KernelSet:
     """Θ_LL, Θ_UL, Θ_UU from features of X_L and X_U computed once each.
+
+    Args:
+      x_labeled: ``(L, ...)`` inputs X_L; x_candidates: ``(U, ...)`` inputs X_U.
+      output, implementation, chunk_size, precision: as :func:`empirical_ntk_fn`.
+
+    Returns:
+      a :class:`KernelSet` of ``(L, L)``, ``(U, L)``, ``(U, U)`` (``output="full"``:
+      each with ``(C, C)`` appended). In a multi-process run (module docstring) these
+      are global arrays, the same value on every process.
 
     With ``implementation="jvp_vjp"`` the blocks are three kernel calls instead.
     """
