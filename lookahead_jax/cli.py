@@ -20,7 +20,8 @@ Rules:
     separated: one run each under ``WORKDIR/<strategy>/``, compared in one table and plot.
 
 Bad input is one ``error:`` line on stderr with exit status 2, before any training; a
-diverged run exits 1 saying where its finished cycles are; Ctrl-C exits 130, likewise.
+diverged run exits 1 saying where its finished cycles are; Ctrl-C exits 130, likewise. With
+``--distributed`` a process that cannot join the others says so in one line and exits 1.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lookahead_jax import configs, data, loop, train
+from lookahead_jax.distributed import DistributedInitError
 from lookahead_jax.oracles import LabelsNeeded
 
 FLAGS = flags.FLAGS
@@ -178,6 +180,7 @@ def main(argv: Sequence[str]) -> None:
             return
         workdir = _WORKDIR.value or os.path.join(
             "runs", f"{config.dataset}_{config.model}_seed{config.seed}")
+        writes = loop.join(config)          # --distributed: only process 0 reports
         results = loop.run_strategies(config, names, workdir)
     except LabelsNeeded as e:                            # people answer first: not an error
         print(f"\n{e.instructions()}")
@@ -186,6 +189,8 @@ def main(argv: Sequence[str]) -> None:
         return
     except (ValueError, TypeError, ImportError) as e:   # bad input or a missing extra
         _fail(str(e), 2)
+    except DistributedInitError as e:                   # --distributed: could not join
+        _fail(str(e), 1)
     except FloatingPointError as e:                     # diverged training, bad scores
         _fail(f"{e}\n{_kept(workdir, names)}", 1)
     except OSError as e:                                # a full disk, a vanished folder
@@ -195,6 +200,8 @@ def main(argv: Sequence[str]) -> None:
     except KeyboardInterrupt:
         print(f"\ninterrupted: {_kept(workdir, names)}", file=sys.stderr)
         sys.exit(130)
+    if not writes:
+        return
     print()
     print(summary_table({s: r.metrics for s, r in results.items()}))
     for s, r in results.items():

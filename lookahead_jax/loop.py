@@ -38,6 +38,7 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from lookahead_jax import data, models, records, rng, stopping, strategies
+from lookahead_jax import distributed as distributed_lib
 from lookahead_jax import train as train_lib
 from lookahead_jax.models import Model, Variables
 from lookahead_jax.oracles import DatasetOracle, FileOracle, LabelsNeeded, Oracle
@@ -85,6 +86,15 @@ class LoopConfig:
       stop_options: ``{criterion: {option: value}}``.
       stop_set_size: items of the fixed random stop set some criteria read.
       train: the per-cycle training settings.
+      distributed: join a multi-process run (several hosts, or processes) through
+        ``jax.distributed`` before anything else; the NTK kernels and look-ahead scores
+        are then split over every process's devices (``lookahead_jax.distributed``).
+        Process 0 writes the workdir's records (no network checkpoints); the others keep
+        theirs in memory. A multi-process run starts in a new workdir (it cannot resume)
+        and needs the simulated oracle.
+      coordinator_address, num_processes, process_id: ``HOST:PORT`` of process 0, how
+        many processes, this one's index; give all three, or none under SLURM / Open MPI
+        (JAX detects them). Only with ``distributed``.
     """
 
     dataset: str = "digits"
@@ -109,6 +119,14 @@ class LoopConfig:
     stop_options: tuple = ()
     stop_set_size: int = 1000
     train: train_lib.TrainConfig = train_lib.TrainConfig()
+    distributed: bool = False
+    coordinator_address: Optional[str] = None
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+
+    # How a run is launched, not what it computes: left out of to_dict() at their
+    # defaults (so records of earlier runs still match) and never recorded in config.json.
+    LAUNCH_FIELDS = ("distributed", "coordinator_address", "num_processes", "process_id")
 
     def __post_init__(self):
         for key in ("model_kwargs", "strategy_options"):
@@ -147,12 +165,33 @@ class LoopConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.train, train_lib.TrainConfig):
             raise ValueError("train must be a train.TrainConfig")
+        self._check_launch()
+
+    def _check_launch(self):
+        if not isinstance(self.distributed, (bool, np.bool_)):
+            raise ValueError(f"distributed must be true or false, got {self.distributed!r}")
+        given = [n for n in self.LAUNCH_FIELDS[1:] if getattr(self, n) is not None]
+        if given and not self.distributed:
+            raise ValueError(f"{', '.join(given)} set without distributed: set distributed "
+                             "too (or drop them)")
+        if self.distributed:
+            try:
+                distributed_lib.check_args(self.coordinator_address, self.num_processes,
+                                           self.process_id)
+            except ValueError as e:
+                raise ValueError(f"distributed: {e}") from None
+            if self.oracle != "simulated":
+                raise ValueError("a distributed run needs oracle 'simulated' (people answer "
+                                 "in one workdir; the processes must stay in step)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["model_kwargs"] = {k: _jsonable(v) for k, v in self.model_kwargs}
         d["strategy_options"] = {k: _jsonable(v) for k, v in self.strategy_options}
         d["stop_options"] = {c: {k: _jsonable(v) for k, v in o} for c, o in self.stop_options}
+        for name in self.LAUNCH_FIELDS:
+            if d[name] == _DEFAULTS[name]:
+                del d[name]
         return d
 
     def to_config_dict(self):
@@ -178,7 +217,8 @@ class LoopConfig:
                 setattr(out, f.name, v)
             return out
 
-        return convert(self, self.to_dict())
+        return convert(self, {**self.to_dict(),
+                              **{n: getattr(self, n) for n in self.LAUNCH_FIELDS}})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LoopConfig":
@@ -196,6 +236,9 @@ class LoopConfig:
                                  f"known: {sorted(tknown)}")
             d["train"] = train_lib.TrainConfig(**t)
         return cls(**d)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LoopConfig)}
 
 
 def _jsonable(v):
@@ -581,6 +624,8 @@ def acquire(run: RunSetup, state: ALState, variables: Variables, row: dict,
     seconds of scoring and selection and the strategy's logged scalars (``info_*``).
     """
     config, cycle = run.config, state.cycle
+    if distributed_lib.is_multiprocess():       # the NTK engine's inputs: equal everywhere
+        variables = Variables(*distributed_lib.broadcast_from_first(tuple(variables)))
     labeled_idx = np.flatnonzero(state.labeled)
     cand = draw_candidates(state, config, run.subset)
     x_pool = run.dataset.x_train
@@ -718,11 +763,16 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
       LabelsNeeded: people must answer a request file first (the files oracle); every
         finished cycle is kept and the same call continues once the answers are there.
     """
+    records_dir = workdir
+    if not join(config):                    # processes > 0: records in memory, quiet
+        workdir, log = None, _quiet
     run_ = setup(config, workdir, dataset=dataset, model=model, oracle=oracle)
     with Workdir.open(workdir) as wd:
-        old_cycles = wd.check_config(run_.config.to_dict())
+        old_cycles = wd.check_config(_recorded(run_.config))
         wd.check_pool(pool_info(run_.dataset))
         wd.recover()
+        if distributed_lib.is_multiprocess():
+            _check_fresh(wd, records_dir)
         rec = RecordingOracle(run_.oracle, wd, run_.dataset.num_classes)
         if run_.train.batch_size < run_.config.train.batch_size:
             log(f"[{run_.config.strategy}] train.batch_size {run_.config.train.batch_size} is "
@@ -768,13 +818,46 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
                          stopped=stopped)
 
 
+def join(config: LoopConfig) -> bool:
+    """Joins the multi-process run ``config.distributed`` asks for (:mod:`~lookahead_jax.
+    distributed`; a no-op without it, or once joined): whether this process writes the
+    records (process 0, or the only one). Call before anything uses JAX."""
+    if not config.distributed:
+        return True
+    distributed_lib.initialize(config.coordinator_address, config.num_processes,
+                               config.process_id)
+    return jax.process_index() == 0
+
+
+def _quiet(line: str) -> None:
+    del line
+
+
+def _recorded(config: LoopConfig) -> dict:
+    """What ``config.json`` holds: the config without how the run is launched."""
+    return {k: v for k, v in config.to_dict().items() if k not in LoopConfig.LAUNCH_FIELDS}
+
+
+def _check_fresh(wd: Workdir, records_dir: Optional[str]) -> None:
+    """A multi-process run keeps no network checkpoints, so it starts in a new workdir.
+
+    Every process learns process 0's finished cycles (a broadcast) and refuses alike."""
+    done = int(distributed_lib.broadcast_from_first(np.int32(wd.cycle_done())))
+    if done >= 0:
+        where = records_dir or "of process 0"
+        raise WorkdirError(f"workdir {where} holds finished cycles (up to cycle {done + 1}): "
+                           "a multi-process run keeps no network checkpoints and cannot "
+                           "resume; use a new --workdir")
+
+
 def _commit(wd: Workdir, cycle: int, variables: Variables, row: dict, query, stopped,
             memory: dict, writer) -> None:
     """Records a finished cycle; ``state.json`` is written last (the commit point)."""
     if query is not None:
         wd.append("queries", query)
     wd.append("metrics", row)
-    wd.save_variables(cycle, variables)
+    if not distributed_lib.is_multiprocess():  # orbax would need every process to save
+        wd.save_variables(cycle, variables)
     if wd.persistent and memory:
         records.atomic_write_json(wd.file("stopping.json"), memory)
     wd.commit(cycle, stopped)
@@ -902,6 +985,8 @@ def run_strategies(config: LoopConfig, names: Sequence[str], workdir: Optional[s
     if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(f"workdir {workdir} is a file, not a folder; choose another "
                            "--workdir")
+    if not join(config):                    # processes > 0: records in memory, quiet
+        workdir, log = None, _quiet
     configs = {s: dataclasses.replace(config, strategy=s, strategy_options=_options_for(
         s, config.strategy_options, names)) for s in names}
     for c in configs.values():
