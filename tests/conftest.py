@@ -2,10 +2,29 @@
 
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+# Shape bugs fail loudly (as equinox's tests/conftest.py does): an implicit rank
+# promotion, e.g. (n, C) + (C,), raises instead of broadcasting silently. Library code
+# broadcasts explicitly (``b[None, :]``). Subprocesses started by tests do not inherit this.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Modules whose networks are users' functions written with implicit broadcasting on
+# purpose (the structured NTK must recognise code as people write it): promotion allowed.
+USER_STYLE_MODULES = {"test_ntk_speed_paths"}
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _rank_promotion(request):
+    if request.module.__name__.rsplit(".", 1)[-1] in USER_STYLE_MODULES:
+        with jax.numpy_rank_promotion("allow"):
+            yield
+    else:
+        yield
 
 
 @pytest.fixture(scope="session")
