@@ -49,3 +49,39 @@ def test_every_public_name_resolves_to_its_module_and_is_documented():
         assert obj is getattr(module, name), name
         if callable(obj):
             assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
+
+
+def _section(heading: str) -> str:
+    text = README.read_text()
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start:end]
+
+
+def test_strategy_table_is_the_registry():
+    """"`strategies.names()` lists these strategies; each one is also a valid
+    `--strategy`": the table's first column is exactly the registry."""
+    from lookahead_jax import strategies
+
+    rows = [line for line in _section("### Strategies").splitlines()
+            if line.startswith("| `")]
+    listed = [n for row in rows for n in re.findall(r"`(\w+)`", row.split("|")[1])]
+    assert len(listed) == len(set(listed))
+    assert set(listed) == set(strategies.names())
+    for name in listed:                                   # typed options, per the README
+        assert strategies.get(name).options is not None, name
+
+
+def test_library_section_names_exist_and_are_documented():
+    """Every `module.name` the library section mentions (``ntk.kernel_set``,
+    ``lookahead.add_labeled``, ``rng.key``, ...) exists in that module, documented."""
+    import lookahead_jax
+
+    mentioned = set(re.findall(r"`(\w+)\.(\w+)[(`]", _section("## Use it as a library")))
+    mentioned = {(m, n) for m, n in mentioned if m in lookahead_jax._MODULES}
+    assert len(mentioned) >= 12, mentioned
+    for module, name in sorted(mentioned):
+        obj = getattr(importlib.import_module(f"lookahead_jax.{module}"), name, None)
+        assert obj is not None, f"README names {module}.{name}, which does not exist"
+        assert (obj.__doc__ or "").strip(), f"{module}.{name} has no docstring"
+

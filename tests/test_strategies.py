@@ -173,7 +173,7 @@ TWINS = {"entropy": _twin_entropy, "margin": _twin_margin,
          "coreset": _twin_coreset, **{k: _twin_lookahead(k) for k in
                                       ("mlmoc", "emoc", "eer", "label_flip")}}
 TWINNED_ELSEWHERE = {
-    "random": "i.i.d. uniform draws: test_rng / the selection rule below",
+    "random": "none: i.i.d. uniform draws from ctx.key; only the selection rule below",
     "bald": "test_baseline_strategies::test_bald_fallback_is_readout_mc_dropout_on_the_"
             "deterministic_network",
     "ll4al": "test_baseline_strategies::test_ll4al_in_the_loop_queries_the_highest_"
