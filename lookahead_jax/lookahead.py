@@ -99,11 +99,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from jax.scipy.linalg import solve_triangular
 
@@ -533,7 +535,8 @@ def score_candidates(kind: str, spec: Spec, state: LookaheadState, *,
 
 def streaming_scores(kind: str, spec: Spec, state: LookaheadState,
                      row_block: Callable[[int, int], Array], *,
-                     num_chunks: Optional[int] = None) -> tuple[Array, Array]:
+                     num_chunks: Optional[int] = None,
+                     progress: Optional[bool] = None) -> tuple[Array, Array]:
     """Batch scores without Θ(U, E) in memory (the whole-pool path), on device.
 
     Args:
@@ -541,6 +544,9 @@ def streaming_scores(kind: str, spec: Spec, state: LookaheadState,
         ``(k, E, B, B)``, computed on demand (e.g. from NTK features); ``stop`` may pass
         the real U (the block is then shorter and is padded here).
       num_chunks: score only the first ``num_chunks`` chunks (timing a fraction).
+      progress: a tqdm bar over the row blocks (``None``: shown when stderr is a
+        terminal and there are at least 8 blocks). The bar waits for block i − 1 when
+        block i is queued, so it follows the device without emptying its queue.
     Returns ``((U_pad,) scores, () number clamped)`` as device arrays (fewer scores with
     ``num_chunks``). Peak memory: one k × E block (plus the state). Nothing comes to the
     host; each chunk's offset goes to the device explicitly (what ``row_block`` does is
@@ -548,12 +554,23 @@ def streaming_scores(kind: str, spec: Spec, state: LookaheadState,
     """
     k = spec.chunk
     U = int(state.kappa.shape[0])
+    starts = range(0, U if num_chunks is None else num_chunks * k, k)
+    show = (len(starts) >= 8 and sys.stderr.isatty()) if progress is None else progress
+    bar = tqdm.tqdm(total=len(starts), desc=f"{kind} row blocks of {k}", unit="block",
+                    leave=False, disable=not show)
     out, clamped = [], None
-    for start in range(0, U if num_chunks is None else num_chunks * k, k):
+    for start in starts:
         s, c = _streaming_chunk(kind, spec, state, to_device(start, jnp.int32),
                                 jnp.asarray(row_block(start, start + k)))
         out.append(s)
         clamped = c if clamped is None else clamped + c
+        if show and len(out) >= 2:
+            out[-2].block_until_ready()
+            bar.update(1)
+    if show and out:
+        out[-1].block_until_ready()
+        bar.update(1)
+    bar.close()
     return jnp.concatenate(out), clamped
 
 
