@@ -15,6 +15,11 @@ Modules (imported on first use, so ``import lookahead_jax`` stays light):
   * ``loop``: the resumable active-learning loop (Algorithm 1) and the ``Oracle`` protocol.
   * ``records``: atomic workdir records and plots.
   * ``rng``: the one PRNG scheme (a root key per seed, ``fold_in`` per purpose and cycle).
+  * ``oracles``: who answers queries (the dataset's labels, people through files).
+  * ``stopping``: stopping criteria, registered by name like strategies.
+  * ``workdir``: the locked, tamper-evident run folder (ledgers, checkpoints, resume).
+  * ``labeler``: the notebook labeler (ipywidgets) driving sequential MLMOC.
+  * ``distributed``: joining a multi-process run through ``jax.distributed``.
 """
 
 import importlib
@@ -22,7 +27,7 @@ import importlib
 __version__ = "0.1.0"
 
 _MODULES = ("data", "models", "train", "ntk", "lookahead", "strategies", "loop", "records",
-            "rng")
+            "rng", "oracles", "stopping", "workdir", "labeler", "distributed")
 _NAMES = {
     # data
     "load_dataset": "data", "Dataset": "data", "DATASETS": "data",
