@@ -17,21 +17,35 @@ pool = evaluation set, MLP 784-1024-1024-10) that streams Θ(U, U) in column blo
 NTK features (a fraction of the column blocks is timed and extrapolated when
 ``--scale-fraction`` < 1).
 
-Run (≈ 15 min on 2 cores):
-    python benchmarks/lookahead_bench.py --out benchmarks/results/lookahead_bench_cpu.json
-Smoke run (tiny sizes, seconds):
-    python benchmarks/lookahead_bench.py --quick --out /tmp/bench.json
+Per phase (``phases`` in the JSON): one acquisition through the strategy API in four
+modes (topk, greedy, streaming, sequential), split into kernels / factor (Cholesky, Schur)
+/ scores / select and the host-side rest (wall time outside those phases), and the number
+of host waits (``jax.device_get`` calls). With ``--before-ref REF`` the library as of
+``REF`` (extracted with ``git archive``) runs side by side with the working tree in the
+same process, the two alternating.
+
+Run (≈ 5 min pinned to one core; the committed record: the library before and after the
+device-resident acquisition, both from git, so edits in the working tree stay out):
+    taskset -c 0 python benchmarks/lookahead_bench.py --before-ref 5b2487a --after-ref a896350
+Smoke run (tiny sizes, seconds; written to the temporary folder, never the record):
+    python benchmarks/lookahead_bench.py --quick --skip-scale
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import importlib
+import io
 import json
 import os
 import platform
 import resource
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 
 import jax
@@ -46,6 +60,10 @@ from lookahead_jax import models, ntk  # noqa: E402
 from lookahead_jax import strategies  # noqa: E402
 from lookahead_jax.models import apply_in_chunks as predict_in_chunks  # noqa: E402
 from lookahead_jax.strategies import AcquisitionContext, ntk_lookahead  # noqa: E402
+
+COMMITTED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                         "lookahead_bench_cpu.json")
+QUICK_OUT = os.path.join(tempfile.gettempdir(), "lookahead_bench_quick.json")
 
 # shared/ sits beside the repository (the original MNIST archives)
 MNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -314,29 +332,282 @@ def scale(cfg, res):
     res["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
+# ----------------------------------------------------------------------------- phases
+
+
+PHASES = ("kernels", "factor", "scores", "select")
+# Which library functions make up each phase (module attribute or class method); a name
+# one version lacks is skipped. Nested calls count once, in the outermost phase.
+PHASE_FUNCTIONS = {
+    "kernels": [("ntk_lookahead", "kernels"), ("ntk_lookahead", "predict")],
+    "factor": [("la", "build_system"), ("la", "add_labeled")],
+    "scores": [("la", "score_candidates"), ("la", "streaming_scores")],
+    "select": [("ntk_lookahead", "select_top"), ("ntk_lookahead", "top_k_on_device"),
+               ("LookaheadSession", "best"), ("LookaheadSession", "pick"),
+               ("LookaheadSession", "pseudo_label"), ("LookaheadSession", "_pseudo_label")],
+}
+
+
+class Side:
+    """One version of the library: its modules, imported side by side with the other."""
+
+    def __init__(self, name, modules, source):
+        self.name, self.source = name, source
+        self.la = modules["lookahead_jax.lookahead"]
+        self.ntk_lookahead = modules["lookahead_jax.strategies.ntk_lookahead"]
+        self.strategies = modules["lookahead_jax.strategies"]
+        self.models = modules["lookahead_jax.models"]
+        self.LookaheadSession = self.ntk_lookahead.LookaheadSession
+
+
+def _package_modules():
+    return {k: v for k, v in sys.modules.items()
+            if k == "lookahead_jax" or k.startswith("lookahead_jax.")}
+
+
+def current_side() -> Side:
+    import lookahead_jax.strategies.ntk_lookahead  # noqa: F401
+    return Side("after", _package_modules(), "working tree")
+
+
+def side_from_ref(ref: str, name: str) -> Side:
+    """``lookahead_jax`` as of git ``ref``, extracted (``git archive``) to a temporary
+    folder and imported as a second copy: its modules bind each other, not ours."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    commit = subprocess.run(["git", "-C", repo, "rev-parse", ref], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    folder = tempfile.mkdtemp(prefix="lookahead_before_")
+    archive = subprocess.run(["git", "-C", repo, "archive", commit, "lookahead_jax"],
+                             check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    ours = _package_modules()
+    for k in ours:
+        del sys.modules[k]
+    sys.path.insert(0, folder)
+    try:
+        importlib.import_module("lookahead_jax.strategies.ntk_lookahead")
+        importlib.import_module("lookahead_jax.models")
+        theirs = _package_modules()
+    finally:
+        sys.path.remove(folder)
+        for k in _package_modules():
+            del sys.modules[k]
+        sys.modules.update(ours)
+    return Side(name, theirs, f"git {ref} = {commit}")
+
+
+def _arrays(tree):
+    return [a for a in jax.tree.leaves(tree) if isinstance(a, jax.Array)]
+
+
+class PhaseClock:
+    """Times the phase functions of one side: inputs are made ready first, the outputs
+    waited for, so a phase's time is its device work plus its own host-side code."""
+
+    def __init__(self, side: Side):
+        self.side = side
+        self.times = dict.fromkeys(PHASES, 0.0)
+        self.cpu = dict.fromkeys(PHASES, 0.0)
+        self.depth = 0
+
+    def _wrap(self, phase, fn):
+        def timed(*args, **kwargs):
+            if self.depth:
+                return fn(*args, **kwargs)
+            jax.block_until_ready(_arrays((args, kwargs)))
+            self.depth += 1
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                out = fn(*args, **kwargs)
+                jax.block_until_ready(_arrays(out))
+            finally:
+                self.depth -= 1
+            self.times[phase] += time.perf_counter() - t0
+            self.cpu[phase] += time.process_time() - c0
+            return out
+        return timed
+
+    def __enter__(self):
+        self._saved = []
+        for phase, names in PHASE_FUNCTIONS.items():
+            for owner_name, attr in names:
+                owner = getattr(self.side, owner_name)
+                fn = owner.__dict__.get(attr) if isinstance(owner, type) else \
+                    getattr(owner, attr, None)
+                if fn is None:
+                    continue
+                self._saved.append((owner, attr, fn))
+                setattr(owner, attr, self._wrap(phase, fn))
+        return self
+
+    def __exit__(self, *exc):
+        for owner, attr, fn in reversed(self._saved):
+            setattr(owner, attr, fn)
+
+
+class FetchCounter:
+    """Counts explicit ``jax.device_get`` calls (the host waits for the device at each)."""
+
+    def __enter__(self):
+        self.count, self._get = 0, jax.device_get
+
+        def get(tree):
+            self.count += 1
+            return self._get(tree)
+
+        jax.device_get = get
+        return self
+
+    def __exit__(self, *exc):
+        jax.device_get = self._get
+
+
+PHASE_MODES = {"topk": {}, "greedy": {"batch_mode": "greedy"},
+               "streaming": {"streaming": True}, "sequential": "label_fn"}
+
+
+def _phase_context(side: Side, cfg, params, x_l, y_l, x_u, y_u, mode):
+    options = PHASE_MODES[mode]
+    label_fn = None
+    if options == "label_fn":
+        options, label_fn = {}, lambda j: int(y_u[j])
+    model = side.models.get_model("mlp", 10, widths=tuple(cfg["widths"]))
+    return side.strategies.AcquisitionContext(
+        model=model, params=params, x_labeled=x_l, y_labeled=y_l, x_candidates=x_u,
+        num_classes=10, query_size=cfg["query"], key=jax.random.PRNGKey(0),
+        label_fn=label_fn, labeled_capacity=cfg["L"] + cfg["query"],
+        options={"chunk_size": cfg["chunk"], **options})
+
+
+def _acquire_once(side: Side, ctx, clock: bool):
+    """One acquisition through the strategy API: a dict of wall and CPU seconds, phase
+    times (``clock``), fetches, and the indices."""
+    strategy = side.strategies.get("mlmoc")
+    with FetchCounter() as fetches, \
+            (PhaseClock(side) if clock else contextlib.nullcontext()) as c:
+        t0, c0 = time.perf_counter(), time.process_time()
+        sel = strategy(ctx)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = dict(wall_s=wall, cpu_s=cpu, fetches=fetches.count, indices=sel.indices)
+    if clock:
+        out.update(phases_s=dict(c.times), phases_cpu_s=dict(c.cpu))
+    return out
+
+
+def phase_timing(cfg, res, sides, params, x, y):
+    """Per-phase times of one acquisition, each side of ``sides`` in turn, alternating,
+    at every candidate count in ``cfg["phase_U"]``."""
+    L, repeats = cfg["L"], cfg["phase_repeats"]
+    out = {"what": (
+        "One acquisition through the strategy API (validation included), MLP "
+        f"784-{'-'.join(map(str, cfg['widths']))}-10 trained as in per_acquisition, L = {L}, "
+        f"U = {cfg['phase_U']} (the first U candidates of per_acquisition's), query "
+        f"{cfg['query']}, chunk {cfg['chunk']}; modes: topk (the paper's "
+        "batch), greedy (each pick absorbed with its pseudo-label), streaming (Θ(U, U) in "
+        "row blocks), sequential (true labels from the MNIST labels, one per step). wall_s: "
+        "the call as users make it (nothing blocked). Phases (a second, instrumented call): "
+        "each phase function's inputs are made ready, then its outputs waited for; kernels "
+        "= NTK kernels + network outputs, factor = build_system (padding, Cholesky, W, Schur) "
+        "+ add_labeled (sequential/greedy rank-one updates), scores = score_candidates / "
+        "streaming_scores (streaming: the Θ(U, E) row blocks too), select = top-k / "
+        "best / pick / pseudo-label (with the host transfers they make). host_s = "
+        "instrumented wall − Σ phases: time outside the device phases (Python glue, "
+        "validation, padding between phases, result conversion). fetches: jax.device_get "
+        "calls per acquisition (each one a host wait). *_cpu_s: the same spans in process "
+        "CPU time (all threads; pinned to one core this is the time the process ran, "
+        "steadier than wall time when other processes share the core). Medians over "
+        "repeats; the sides alternate (before, after, after, before, ...) in one process."),
+        "repeats": repeats, "sides": {s.name: s.source for s in sides}, "sizes": {}}
+    for U in cfg["phase_U"]:
+        out["sizes"][f"L={L},U={U}"] = _phase_modes(cfg, sides, params, x, y, U)
+    res["phases"] = out
+
+
+def _phase_modes(cfg, sides, params, x, y, U):
+    L, repeats = cfg["L"], cfg["phase_repeats"]
+    x_l, y_l = jnp.asarray(x[:L]), jnp.asarray(y[:L], jnp.int32)
+    x_u, y_u = jnp.asarray(x[L:L + U]), np.asarray(y[L:L + U])
+    modes = {}
+    for mode in PHASE_MODES:
+        ctxs = {s.name: _phase_context(s, cfg, params, x_l, y_l, x_u, y_u, mode) for s in sides}
+        runs = {s.name: [] for s in sides}
+        picks = {}
+        for s in sides:                                               # compile
+            picks[s.name] = _acquire_once(s, ctxs[s.name], False)["indices"].tolist()
+        for r in range(repeats):
+            order = sides if r % 2 == 0 else sides[::-1]
+            for s in order:
+                plain = _acquire_once(s, ctxs[s.name], False)
+                timed = _acquire_once(s, ctxs[s.name], True)
+                runs[s.name].append(dict(
+                    wall_s=plain["wall_s"], cpu_s=plain["cpu_s"], fetches=plain["fetches"],
+                    blocked_wall_s=timed["wall_s"], blocked_cpu_s=timed["cpu_s"],
+                    phases_s=timed["phases_s"], phases_cpu_s=timed["phases_cpu_s"],
+                    host_s=timed["wall_s"] - sum(timed["phases_s"].values()),
+                    host_cpu_s=timed["cpu_s"] - sum(timed["phases_cpu_s"].values())))
+        mode_out = {}
+        for name, rs in runs.items():
+            med = lambda key: float(np.median([r[key] for r in rs]))  # noqa: E731
+            mode_out[name] = dict(
+                wall_s=med("wall_s"), cpu_s=med("cpu_s"),
+                blocked_wall_s=med("blocked_wall_s"), blocked_cpu_s=med("blocked_cpu_s"),
+                phases_s={p: float(np.median([r["phases_s"][p] for r in rs])) for p in PHASES},
+                phases_cpu_s={p: float(np.median([r["phases_cpu_s"][p] for r in rs]))
+                              for p in PHASES},
+                host_s=med("host_s"), host_cpu_s=med("host_cpu_s"),
+                host_share=float(np.median([r["host_s"] / r["blocked_wall_s"] for r in rs])),
+                host_cpu_share=float(np.median([r["host_cpu_s"] / r["blocked_cpu_s"]
+                                                for r in rs])),
+                fetches=int(rs[0]["fetches"]), runs=rs)
+        if len(sides) == 2:
+            mode_out["same_picks"] = picks[sides[0].name] == picks[sides[1].name]
+        modes[mode] = mode_out
+        summary = {n: (round(v["wall_s"], 4), round(v["host_s"], 4), round(v["host_cpu_s"], 4),
+                       v["fetches"]) for n, v in mode_out.items() if isinstance(v, dict)}
+        print(f"U={U}", mode, "(wall_s, host_s, host_cpu_s, fetches):", summary, flush=True)
+    return modes
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                  "lookahead_bench_cpu.json"))
+    ap.add_argument("--out", default=None,
+                    help=f"JSON path (default {COMMITTED}; with --quick {QUICK_OUT})")
     ap.add_argument("--scale-fraction", type=float, default=None)
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--before-ref", default=None,
+                    help="git ref of the library to time side by side with the working "
+                         "tree in the per-phase part (e.g. the commit before a change)")
+    ap.add_argument("--after-ref", default=None,
+                    help="git ref for the other side (default: the working tree)")
+    ap.add_argument("--phase-repeats", type=int, default=None)
     a = ap.parse_args(argv)
+    out_path = a.out or (QUICK_OUT if a.quick else COMMITTED)
+    if a.quick and os.path.abspath(out_path) == os.path.abspath(COMMITTED):
+        ap.error(f"--quick does not overwrite the committed {COMMITTED}")
     cfg = dict(L=100, U=4000, query=20, L_seq=1000, seq_steps=10, widths=[512, 512],
                scale_widths=[1024, 1024], pool=59900, chunk=256, scale_chunk=256,
                naive_sample=4, naive_epochs=15, batch_size=32, lr=0.05, scale_lr=0.01,
                train_epochs=100,
-               seed=0, scale_fraction=a.scale_fraction or 0.05)
+               seed=0, scale_fraction=a.scale_fraction or 0.05,
+               phase_repeats=a.phase_repeats or 5, phase_U=[4000, 500])
     if a.quick:
         cfg.update(L=20, U=64, L_seq=40, seq_steps=3, widths=[32, 32], scale_widths=[32, 32],
                    pool=256, chunk=32, scale_chunk=128, naive_sample=2, train_epochs=5,
                    naive_epochs=2,
-                   scale_fraction=a.scale_fraction or 1.0)
+                   scale_fraction=a.scale_fraction or 1.0, phase_repeats=a.phase_repeats or 2,
+                   phase_U=[64])
+    sides = [side_from_ref(a.after_ref, "after") if a.after_ref else current_side()]
+    if a.before_ref:
+        sides.insert(0, side_from_ref(a.before_ref, "before"))
     res = {"quick": a.quick, "machine": {"platform": platform.platform(),
                                          "processor": platform.processor(),
                                          "cpu_count": os.cpu_count(),
+                                         "cpu_affinity": sorted(os.sched_getaffinity(0)),
                                          "jax": jax.__version__,
                                          "devices": [str(d) for d in jax.devices()]},
+           "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
            "config": cfg, "load_avg_start": os.getloadavg(),
            "network": f"MLP 784-{'-'.join(map(str, cfg['widths']))}-10, squared loss, "
                       f"SGD(momentum 0.9) {cfg['train_epochs']} epochs on L",
@@ -346,6 +617,7 @@ def main(argv=None):
     f, params, x, y = per_acquisition(cfg, per)
     sequential_step(cfg, per, f, params, x, y)
     res["per_acquisition"] = per
+    phase_timing(cfg, res, sides, params, x, y)
     if not a.skip_scale:
         sc = {}
         scale(cfg, sc)
@@ -360,8 +632,8 @@ def main(argv=None):
         "seq_step_vs_scratch>=50x": per["speedup_seq_step_vs_scratch"] >= 50,
         "scale_peak_rss<8GiB": res["peak_rss_gib"] < 8,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as fh:
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as fh:
         json.dump(res, fh, indent=2)
     print(json.dumps(res, indent=2))
 
