@@ -23,3 +23,5 @@ run --figure=fig3a $five --root=results/studies/fig3a_mnist_wrn \
     --reuse=results/studies/fig2_mnist_wrn
 run --figure=fig3b $five --widths=16,32,64 --root=results/studies/fig3b_mnist_wrn \
     --reuse=results/studies/fig2_mnist_wrn
+python -m experiments.report --studies=results/studies --out=docs \
+    --preamble=docs/results_preamble.md
