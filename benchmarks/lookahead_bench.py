@@ -160,6 +160,10 @@ def per_acquisition(cfg, res):
         predict_in_chunks(f, params, jnp.asarray(x[:L]))), -1) == y[:L]))
     res["f_L_pool_acc"] = float(np.mean(np.argmax(np.asarray(
         predict_in_chunks(f, params, jnp.asarray(x[L:L + U]))), -1) == y[L:L + U]))
+    if res["f_L_train_acc"] < 0.99 and source == "mnist":
+        print(f"warning: f_L fits only {res['f_L_train_acc']:.0%} of its {L} labels "
+              f"(lr {cfg['lr']}); the look-ahead is timed around a network that did not "
+              "fit", file=sys.stderr)
     x_l, y_l, x_u = x[:L], y[:L], x[L:L + U]
     ctx = context(model, params, x_l, y_l, x_u, q, L + q, chunk_size=cfg["chunk"])
 
@@ -586,9 +590,13 @@ def main(argv=None):
     out_path = a.out or (QUICK_OUT if a.quick else COMMITTED)
     if a.quick and os.path.abspath(out_path) == os.path.abspath(COMMITTED):
         ap.error(f"--quick does not overwrite the committed {COMMITTED}")
+    # lr: SGD with momentum 0.9 at lr 0.05 is at the edge of stability for this MLP on 100
+    # standardised MNIST images: f_L fit its labels for 1 of 4 init keys (training accuracy
+    # 0.70, 0.66, 0.12, 0.99 for keys 0-3; the JSON up to 1aca8ee ran at 0.05 and records
+    # 0.70), so the look-ahead was timed around a network that did not fit. 0.01 fits (1.0).
     cfg = dict(L=100, U=4000, query=20, L_seq=1000, seq_steps=10, widths=[512, 512],
                scale_widths=[1024, 1024], pool=59900, chunk=256, scale_chunk=256,
-               naive_sample=4, naive_epochs=15, batch_size=32, lr=0.05, scale_lr=0.01,
+               naive_sample=4, naive_epochs=15, batch_size=32, lr=0.01, scale_lr=0.01,
                train_epochs=100,
                seed=0, scale_fraction=a.scale_fraction or 0.05,
                phase_repeats=a.phase_repeats or 5, phase_U=[4000, 500])
