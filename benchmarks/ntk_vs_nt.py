@@ -116,15 +116,15 @@ def _nt_side(apply, params, x1, x2, net, reps):
 def _ours_side(apply, params, x1, x2, implementation, reps):
     import jax
     sys.path.insert(0, str(REPO))
-    from lookahead_jax.ntk import empirical
-    fn = empirical.empirical_ntk_fn(apply, output="first_logit",
-                                    implementation=implementation)
+    from lookahead_jax import ntk
+    fn = ntk.empirical_ntk_fn(apply, output="first_logit", implementation=implementation)
     t = time.perf_counter()
     fn(params, x1, x2).block_until_ready()
     first = time.perf_counter() - t
     warm, runs = _time_calls(lambda: fn(params, x1, x2), reps)
     kernel = fn(params, x1, x2)
-    cost = empirical._kernel_cost(apply, params, x1, x2, "first_logit", implementation)
+    cost = ntk.kernel_cost(apply, params, x1, x2, output="first_logit",
+                           implementation=implementation)
     return dict(method=f"ours_{implementation}", compile_s=None, first_call_s=first,
                 warmup_s=warm, runs_s=runs, cost=cost,
                 versions=dict(jax=jax.__version__)), kernel

@@ -10,7 +10,7 @@ chosen indices.
 
 Recorded (JSON): the wall time of the acquisition and its phases (kernels: features and
 diagonal; the streamed row-block scoring), peak RSS of the process, the FLOP count of the
-kernel contraction (the engine's own count, :func:`lookahead_jax.ntk.empirical._kernel_cost`),
+kernel contraction (the engine's own count, :func:`lookahead_jax.ntk.kernel_cost`),
 a float32 matmul peak measured in the same process just before and after, and the
 achieved fraction of that peak; machine, load average before/after, sizes and seeds.
 
@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lookahead_jax import data, models, rng, strategies, train
-from lookahead_jax.ntk import empirical
+from lookahead_jax import data, models, ntk, rng, strategies, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MNIST = os.path.join(HERE, "..", "..", "shared", "data", "mnist")
@@ -113,7 +112,7 @@ def main(argv=None) -> dict:
     res["network"] = "MLP 784-1024-1024-10, squared loss, the library's train.fit"
 
     res["peak_gflops_before"] = matmul_peak_gflops()
-    cost = empirical._kernel_cost(
+    cost = ntk.kernel_cost(
         (lambda p, x: model.apply(p, tstate.model_state, x)), tstate.params,
         x_u[:2], x_u[:2], output="first_logit")
     pair = cost["pair_flops"]

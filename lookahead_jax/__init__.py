@@ -41,7 +41,7 @@ _NAMES = {
     # NTK engine
     "empirical_ntk_fn": "ntk", "kernel_set": "ntk", "KernelSet": "ntk",
     "ntk_features": "ntk", "kernel_from_features": "ntk", "slice_features": "ntk",
-    "infinite_mlp_kernels": "ntk",
+    "infinite_mlp_kernels": "ntk", "kernel_cost": "ntk",
     # look-ahead (Eq. 11-13) and sequential updates
     "build_system": "lookahead", "score_candidates": "lookahead", "add_labeled": "lookahead",
     "augmented_system_scores": "lookahead",

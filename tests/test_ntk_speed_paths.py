@@ -225,7 +225,7 @@ def test_kernel_cost_counts_structured_contraction():
     params = {"w1": jnp.ones((12, 6)), "b1": jnp.ones(6), "w2": jnp.ones((6, 3)),
               "b2": jnp.ones(3)}
     x = jnp.ones((5, 2, 3, 2))
-    cost = ntk_lib._kernel_cost(mlp_bias, params, x, x[:4])
+    cost = ntk_lib.kernel_cost(mlp_bias, params, x, x[:4])
     # per pair, scalar output: A-Gram + Δ-Gram + Hadamard-and-sum per dense layer
     pair = 2 * (12 + 6 + 1) + 2 * (6 + 3 + 1)
     assert cost["implementation"] == "structured" and cost["pair_flops"] == pair
@@ -233,7 +233,7 @@ def test_kernel_cost_counts_structured_contraction():
     # forward: both matmuls; backward: only the second (the first's input is x)
     assert cost["fwd_flops_per_example"] == 2 * (12 * 6 + 6 * 3)
     assert cost["bwd_flops_per_example"] == 2 * 6 * 3
-    jac = ntk_lib._kernel_cost(mlp_bias, params, x, x[:4], implementation="jacobian")
+    jac = ntk_lib.kernel_cost(mlp_bias, params, x, x[:4], implementation="jacobian")
     n_params = 12 * 6 + 6 + 6 * 3 + 3
     assert jac["pair_flops"] == 2 * n_params
     assert jac["row_flops"] == 2 * (12 * 6 + 6 * 3) * 9

@@ -70,6 +70,9 @@ its own devices' rows), so the examples of a chunk are split over the processes.
 :func:`lookahead_jax.distributed.gather` brings one back as NumPy (a collective); jitted
 code accepts them as they are.
 
+Cost: :func:`kernel_cost` counts, without computing anything, the FLOPs and feature
+memory a call will take (the benchmarks' FLOP counts come from it).
+
 Precision: float32 unless x64 is enabled (then float64 inputs stay float64);
 ``precision`` (a ``jax.lax.Precision``) is passed to every contraction.
 """
@@ -433,20 +436,56 @@ def _plan_uncached(fstatic, fleaves, params, x, output, implementation, precisio
     return _Plan(impl, feat, work, step, pair_flops, row_flops)
 
 
-def _kernel_cost(f, params, x1, x2=None, output="first_logit", implementation="auto"):
-    """What :func:`empirical_ntk_fn` will do for these shapes: a dict (for benchmarks).
+def kernel_cost(f: Callable, params: PyTree, x1, x2=None, *, output: str = "first_logit",
+                implementation: str = "auto") -> dict:
+    """The work :func:`empirical_ntk_fn` does for ``Θ(x1, x2)``, counted without doing it.
 
-    ``fwd_flops_per_example`` / ``bwd_flops_per_example``: the dot_general and
-    convolution FLOPs of one example's forward pass, and of the backward pass that
-    propagates the K output cotangents (through every such op whose activation operand
-    depends on a parameter); ``contraction_flops``: multiply-adds × 2 of the kernel
-    contraction (Jacobian rows and structured blocks); ``row_flops``: assembling
-    Jacobian rows ``Σ_s a_s ⊗ δ_s`` of the layers not contracted structurally.
+    Traces ``f`` on one example, as the engine does to plan; nothing is computed on the
+    data. FLOPs are 2 × multiply-adds. K is 1 for the scalar outputs (``first_logit``,
+    ``sum_logits``) and C for ``trace`` / ``full``; a dense layer is a conv layer with
+    S = 1 position, D_in inputs and D_out outputs (a conv layer: D_in = kernel taps ×
+    input channels, S = output positions).
+
+    Args:
+      f, params, output, implementation: as for :func:`empirical_ntk_fn` and its
+        ``ntk(params, x1, x2)``.
+      x1: ``(N1, ...)`` examples; only the shape and dtype are read (a
+        ``jax.ShapeDtypeStruct`` will do).
+      x2: ``(N2, ...)`` examples, or ``None`` for ``Θ(x1, x1)`` (N2 = N1, features of x1
+        only).
+
+    Returns:
+      a dict of plain Python values (JSON-ready):
+
+      * ``implementation``: the path taken (``"auto"`` resolved: ``"structured"``, or
+        ``"jvp_vjp"`` when one example's features and working set, times 8, exceed
+        :func:`memory_budget_bytes`).
+      * ``n1``, ``n2``: N1 and N2.
+      * ``fwd_flops_per_example``: the ``dot_general`` and convolution FLOPs of one
+        example's forward pass (dense: ``2·D_in·D_out`` per layer).
+      * ``bwd_flops_per_example``: those of the backward pass that carries the K output
+        cotangents: K × the forward FLOPs of every such op whose activation input depends
+        on a parameter (not the first layer, whose input is x).
+      * ``pair_flops``: one kernel entry (a K×K block) from two examples' features:
+        ``2·S²·(D_in + K²·D_out + K²)`` per layer contracted structurally (Gram of inputs,
+        Gram of cotangents, Hadamard product and sum; a folded bias costs nothing more),
+        plus ``2·K²·R`` for the R parameters kept as Jacobian rows (all P parameters with
+        ``implementation="jacobian"``).
+      * ``contraction_flops``: ``pair_flops · N1 · N2``.
+      * ``row_flops``: assembling the Jacobian rows ``Σ_s a_s ⊗ δ_s`` of the dense and conv
+        layers not contracted structurally, ``2·K·S·D_in·D_out`` per layer and example,
+        for N1 + N2 examples (N1 when ``x2`` is ``None``).
+      * ``feature_bytes_per_example``: one example's features (``NTKFeatures``).
+      * ``step``: examples per call of the feature computation.
+
+      The ``"jvp_vjp"`` path keeps no features: its ``pair_flops``, ``contraction_flops``
+      and ``row_flops`` are 0 (not counted).
     """
+    _validate(output, implementation)
     fstatic, fleaves = _split_f(f)
-    x1 = jnp.asarray(x1)
+    x1 = _shape_dtype(x1)
     n1 = x1.shape[0]
-    n2 = n1 if x2 is None else np.shape(x2)[0]
+    n2 = n1 if x2 is None else _shape_dtype(x2).shape[0]
     plan = _make_plan(fstatic, fleaves, params, x1, output, implementation, None)
     _, prog, _, _, _ = _structured_plan(_join_f(fstatic, fleaves), params,
                                         (1, *x1.shape[1:]), x1.dtype, output)
@@ -454,9 +493,16 @@ def _kernel_cost(f, params, x1, x2=None, output="first_logit", implementation="a
     return dict(implementation=plan.implementation, n1=n1, n2=n2,
                 fwd_flops_per_example=fwd, bwd_flops_per_example=bwd,
                 pair_flops=plan.pair_flops,
-                contraction_flops=plan.pair_flops * n1 * (n2 if x2 is not None else n1),
+                contraction_flops=plan.pair_flops * n1 * n2,
                 row_flops=plan.row_flops * (n1 + (n2 if x2 is not None else 0)),
                 feature_bytes_per_example=plan.feat_bytes, step=plan.step)
+
+
+def _shape_dtype(x) -> jax.ShapeDtypeStruct:
+    """``x``'s shape and (canonical) dtype, without moving it to a device."""
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    return jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(
+        x.dtype if hasattr(x, "dtype") else np.result_type(x)))
 
 
 def _pass_flops(prog) -> tuple[int, int]:
