@@ -32,9 +32,16 @@ Failure modes, all bounded in time:
   process about ``_ABORT_GRACE_S`` seconds later, so the caller should report and exit.
   (``jax.distributed.initialize``'s own ``initialization_timeout`` does bound the wait,
   but it ends the process with a C++ fatal error and a stack trace instead of raising.)
-* one process stops later (an error only it saw) while the others wait in a collective:
-  theirs fails with a ``JaxRuntimeError`` (measured on CPU: after 30 s, gloo's wait for
-  the missing peer). Checks that can fail should fail on every process alike.
+* one process stops later (an error only it saw): once it has left, the others' next
+  collective fails at once (on CPU a ``ValueError``, "Gloo all-reduce failed: ...
+  Connection closed by peer"; :func:`initialize` runs one collective so that the
+  connections exist from the start, else gloo waits 30 s for the missing peer's
+  address). But a process that raises and exits the normal way does not leave: JAX's
+  shutdown waits for the others while they wait in their collective (measured: ~5 min,
+  then a C++ abort with a stack trace on every process). The CLI therefore ends a
+  failed process of a multi-process run at once (``os._exit`` after its one line), and
+  the others say in one line that another process stopped. Checks that can fail should
+  fail on every process alike (a workdir process 0 refuses is refused on all).
 
 A process that has joined handles SIGTERM through JAX's preemption notifier (it is not
 ended by it); stop a stuck process with SIGKILL.
@@ -42,6 +49,7 @@ ended by it); stop a stuck process with SIGKILL.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -52,7 +60,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 __all__ = ["DistributedInitError", "initialize", "check_args", "parse_address",
-           "is_multiprocess", "global_array", "gather", "broadcast_from_first"]
+           "is_multiprocess", "global_array", "gather", "broadcast_from_first",
+           "broadcast_json"]
 
 # Seconds JAX's own initialization timeout is set beyond ``timeout_s``, so that the clear
 # Python error always comes first.
@@ -185,6 +194,10 @@ def initialize(coordinator_address: Optional[str] = None,
         raise DistributedInitError(f"cannot join the multi-process run at {where}: "
                                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                                    ) from e
+    # One collective now, so that the processes' connections (gloo's, on CPU) exist from
+    # the start: a process that leaves later is noticed at the others' next collective at
+    # once ("Connection closed by peer"), not after gloo's 30 s wait for its address.
+    multihost_utils.sync_global_devices("lookahead_jax.distributed.initialize")
 
 
 def is_multiprocess() -> bool:
@@ -239,3 +252,18 @@ def broadcast_from_first(tree: Any) -> Any:
     shapes everywhere). One process: the leaves as NumPy.
     """
     return multihost_utils.broadcast_one_to_all(tree)
+
+
+def broadcast_json(value: Any) -> Any:
+    """Process 0's ``value`` (anything ``json.dumps`` takes) on every process.
+
+    The other processes' ``value`` is ignored; what every process gets back, process 0
+    included, is the JSON round trip of process 0's (tuples become lists, keys strings).
+    Two collectives (:func:`broadcast_from_first` of the length, then of the UTF-8
+    bytes): every process must call it, in the same order as its other collectives.
+    """
+    first = jax.process_index() == 0
+    data = np.frombuffer(json.dumps(value).encode() if first else b"", np.uint8)
+    size = int(broadcast_from_first(np.int32(data.size)))
+    buf = data if first else np.zeros(size, np.uint8)
+    return json.loads(np.asarray(broadcast_from_first(buf), np.uint8).tobytes().decode())

@@ -25,6 +25,7 @@ indices and accuracies of an uninterrupted run. Randomness comes from one key tr
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 import typing
@@ -89,9 +90,10 @@ class LoopConfig:
       distributed: join a multi-process run (several hosts, or processes) through
         ``jax.distributed`` before anything else; the NTK kernels and look-ahead scores
         are then split over every process's devices (``lookahead_jax.distributed``).
-        Process 0 writes the workdir's records (no network checkpoints); the others keep
-        theirs in memory. A multi-process run starts in a new workdir (it cannot resume)
-        and needs the simulated oracle.
+        Process 0 writes the workdir's records and network checkpoints; the others keep
+        theirs in memory and, when a workdir is resumed, start from process 0's. A
+        workdir resumes with any number of processes (one included); a multi-process run
+        needs the simulated oracle.
       coordinator_address, num_processes, process_id: ``HOST:PORT`` of process 0, how
         many processes, this one's index; give all three, or none under SLURM / Open MPI
         (JAX detects them). Only with ``distributed``.
@@ -763,24 +765,15 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
       LabelsNeeded: people must answer a request file first (the files oracle); every
         finished cycle is kept and the same call continues once the answers are there.
     """
-    records_dir = workdir
     if not join(config):                    # processes > 0: records in memory, quiet
         workdir, log = None, _quiet
     run_ = setup(config, workdir, dataset=dataset, model=model, oracle=oracle)
     with Workdir.open(workdir) as wd:
-        old_cycles = wd.check_config(_recorded(run_.config))
-        wd.check_pool(pool_info(run_.dataset))
-        wd.recover()
         if distributed_lib.is_multiprocess():
-            _check_fresh(wd, records_dir)
-        rec = RecordingOracle(run_.oracle, wd, run_.dataset.num_classes)
-        if run_.train.batch_size < run_.config.train.batch_size:
-            log(f"[{run_.config.strategy}] train.batch_size {run_.config.train.batch_size} is "
-                f"more than the most labels this run will have: batches of "
-                f"{run_.train.batch_size} (the same steps, without the padding)")
-        state, variables, queries, memory = resume(run_, wd, rec, log, old_cycles)
-        stopped = wd.stopped()
-        trained = _pending(run_, wd, state, variables)
+            opened = _open_together(run_, wd, log)
+        else:
+            opened = _open(run_, wd, log)
+        rec, old_cycles, state, variables, queries, memory, stopped, trained = opened
         bar = tqdm(total=run_.config.cycles, initial=min(state.cycle, run_.config.cycles),
                    desc=run_.config.strategy, unit="cycle", disable=None, leave=False)
         writer = _tensorboard(wd)
@@ -838,16 +831,63 @@ def _recorded(config: LoopConfig) -> dict:
     return {k: v for k, v in config.to_dict().items() if k not in LoopConfig.LAUNCH_FIELDS}
 
 
-def _check_fresh(wd: Workdir, records_dir: Optional[str]) -> None:
-    """A multi-process run keeps no network checkpoints, so it starts in a new workdir.
+def _open(run: RunSetup, wd: Workdir, log: Callable[[str], None]) -> tuple:
+    """Checks the workdir and resumes from it: ``(oracle, old_cycles, state, variables,
+    queries, memory, stopped, trained)`` (a new run: its start)."""
+    old_cycles = wd.check_config(_recorded(run.config))
+    wd.check_pool(pool_info(run.dataset))
+    wd.recover()
+    rec = RecordingOracle(run.oracle, wd, run.dataset.num_classes)
+    if run.train.batch_size < run.config.train.batch_size:
+        log(f"[{run.config.strategy}] train.batch_size {run.config.train.batch_size} is "
+            f"more than the most labels this run will have: batches of "
+            f"{run.train.batch_size} (the same steps, without the padding)")
+    state, variables, queries, memory = resume(run, wd, rec, log, old_cycles)
+    return (rec, old_cycles, state, variables, queries, memory, wd.stopped(),
+            _pending(run, wd, state, variables))
 
-    Every process learns process 0's finished cycles (a broadcast) and refuses alike."""
-    done = int(distributed_lib.broadcast_from_first(np.int32(wd.cycle_done())))
-    if done >= 0:
-        where = records_dir or "of process 0"
-        raise WorkdirError(f"workdir {where} holds finished cycles (up to cycle {done + 1}): "
-                           "a multi-process run keeps no network checkpoints and cannot "
-                           "resume; use a new --workdir")
+
+def _open_together(run: RunSetup, wd: Workdir, log: Callable[[str], None]) -> tuple:
+    """:func:`_open` in a multi-process run: every process resumes from process 0's records.
+
+    Process 0 holds the workdir (the others' records are in memory, empty). It sends
+    the finished cycles, queries, metric rows, stopping memory and the network of its
+    last finished cycle; the others rebuild the same state from them. A workdir process
+    0 refuses is refused on every process at once, each saying so in one line (not in a
+    collective that times out later).
+    """
+    try:
+        opened, failed = _open(run, wd, log), None
+    except Exception as e:  # noqa: BLE001  (re-raised below)
+        opened, failed = None, e
+    shared = {}
+    if jax.process_index() == 0 and failed is not None:
+        shared = {"error": str(failed).splitlines()[0] if str(failed) else
+                  type(failed).__name__, "refused": isinstance(failed, ValueError)}
+    elif jax.process_index() == 0:
+        _, old_cycles, state, _, queries, memory, stopped, _ = opened
+        shared = json.loads(records.dumps(dict(
+            done=state.cycle - 1, old_cycles=old_cycles, queries=queries,
+            metrics=wd.rows("metrics"), memory=memory, stopped=stopped)))
+    shared = distributed_lib.broadcast_json(shared)
+    if failed is not None:
+        raise failed
+    if "error" in shared:
+        kind = WorkdirError if shared["refused"] else RuntimeError
+        raise kind(f"process 0 refused the workdir: {shared['error']}")
+    rec, _, state, variables, queries, memory, stopped, trained = opened
+    if shared["done"] >= 0:              # process 0's network of its last finished cycle
+        variables = Variables(*distributed_lib.broadcast_from_first(tuple(variables)))
+    if jax.process_index() != 0:
+        for q in shared["queries"]:
+            state = state.reveal(q["indices"], q["labels"])
+        for kind in ("queries", "metrics"):
+            for row in shared[kind]:
+                wd.append(kind, row)
+        state = state.replace(cycle=shared["done"] + 1)
+        queries, memory, stopped = list(shared["queries"]), shared["memory"], \
+            shared["stopped"]
+    return (rec, shared["old_cycles"], state, variables, queries, memory, stopped, trained)
 
 
 def _commit(wd: Workdir, cycle: int, variables: Variables, row: dict, query, stopped,
@@ -856,8 +896,7 @@ def _commit(wd: Workdir, cycle: int, variables: Variables, row: dict, query, sto
     if query is not None:
         wd.append("queries", query)
     wd.append("metrics", row)
-    if not distributed_lib.is_multiprocess():  # orbax would need every process to save
-        wd.save_variables(cycle, variables)
+    wd.save_variables(cycle, variables)      # a multi-process run: process 0 alone
     if wd.persistent and memory:
         records.atomic_write_json(wd.file("stopping.json"), memory)
     wd.commit(cycle, stopped)

@@ -292,10 +292,20 @@ class Workdir:
     def _manager(self):
         ocp = _ocp()
         if self._checkpointer is None:
+            folder = os.path.abspath(self.file("checkpoints"))
+            options = dict(max_to_keep=2, create=True, enable_async_checkpointing=False)
+            if jax.process_count() > 1:
+                # A multi-process run: only this process (the one that writes the
+                # workdir) checkpoints. Orbax's barriers then span it alone; by default
+                # they wait for every process, and the run hangs. Orbax does not create
+                # the folder in this mode.
+                me = jax.process_index()
+                os.makedirs(folder, exist_ok=True)
+                options.update(create=False, multiprocessing_options=(
+                    ocp.options.MultiprocessingOptions(primary_host=me,
+                                                       active_processes={me})))
             self._checkpointer = ocp.CheckpointManager(
-                os.path.abspath(self.file("checkpoints")),
-                options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
-                                                     enable_async_checkpointing=False))
+                folder, options=ocp.CheckpointManagerOptions(**options))
         return self._checkpointer
 
     def save_variables(self, step: int, variables) -> None:
@@ -316,6 +326,12 @@ class Workdir:
         ocp = _ocp()
         mngr = self._manager()
         if step not in mngr.all_steps():
+            if not mngr.all_steps():
+                raise RecordError(
+                    f"{self.file('checkpoints')} holds no network checkpoint, but state.json "
+                    f"says cycle {step} finished: the checkpoints were deleted, or a "
+                    "multi-process run of an older lookahead-jax wrote the workdir (those "
+                    "saved none); it cannot resume: use a new --workdir")
             raise RecordError(f"{self.file('checkpoints')}/{step} is missing: the network of "
                               f"cycle {step} was deleted (state.json says it finished)")
         flat, treedef = jax.tree.flatten(template)
