@@ -280,6 +280,19 @@ def test_a_process_that_fails_ends_the_others_at_once(tmp_path):
           "later")
 
 
+def test_a_workdir_without_checkpoints_says_why_it_cannot_resume(tmp_path):
+    """Multi-process runs of older versions saved no checkpoints: resuming one is refused
+    naming that cause (not "deleted" alone)."""
+    from lookahead_jax.records import RecordError
+    from lookahead_jax.workdir import Workdir
+
+    with Workdir.open(str(tmp_path)) as wd:
+        with pytest.raises(RecordError, match=r"holds no network checkpoint, but state.json "
+                                              r"says cycle 1 finished: .* multi-process run "
+                                              r"of an older lookahead-jax"):
+            wd.load_variables(1, {"w": np.zeros(2, np.float32)})
+
+
 def _leaves(tree) -> list:
     import jax
 
