@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +44,11 @@ class Case:
     group: str
     what: str
     run: Callable[[Path], tuple]      # scratch -> (outcome, message, exit status or None)
+    # Only starts ``python -m experiments.main`` and waits for it: such cases run side by
+    # side in threads (each its own process) while the library cases run here, in turn
+    # (those patch os.fsync/os.access or take a workdir lock in this process, so they stay
+    # out of the threads).
+    process: bool = False
 
 
 def _tiny(n_train=160, seed=0):
@@ -102,8 +108,9 @@ def cli(*args, scratch: Path, wait_for: str = "", interrupt: bool = False) -> tu
 
 
 def finished_run(scratch: Path) -> Path:
-    """A finished 3-cycle run (made through the library, copied for each case)."""
-    w = scratch / "finished"
+    """A finished 3-cycle run (made through the library once, beside the cases' scratch
+    folders, and copied for each case)."""
+    w = scratch.parent / "finished"
     if not w.exists():
         _quiet(workdir=str(w))
     return w
@@ -181,26 +188,27 @@ def _no_space(scratch: Path) -> tuple:
 def cases() -> list[Case]:
     c = []
     add = lambda group, what, fn: c.append(Case(group, what, fn))  # noqa: E731
+    add_cli = lambda group, what, fn: c.append(Case(group, what, fn, process=True))  # noqa
     W = "--workdir={}"
 
     # --- the workdir itself
-    add("workdir", "`--workdir` is a file",
-        lambda s: (s.joinpath("f").write_text("x"),
-                   cli(*CLI_ARGS, W.format(s / "f"), scratch=s))[1])
-    add("workdir", "`--workdir` is under a file",
-        lambda s: (s.joinpath("f").write_text("x"),
-                   cli(*CLI_ARGS, W.format(s / "f" / "run"), scratch=s))[1])
-    add("workdir", "`--workdir` cannot be created (`/proc/...`)",
-        lambda s: cli(*CLI_ARGS, "--workdir=/proc/lookahead_run", scratch=s))
+    add_cli("workdir", "`--workdir` is a file",
+            lambda s: (s.joinpath("f").write_text("x"),
+                       cli(*CLI_ARGS, W.format(s / "f"), scratch=s))[1])
+    add_cli("workdir", "`--workdir` is under a file",
+            lambda s: (s.joinpath("f").write_text("x"),
+                       cli(*CLI_ARGS, W.format(s / "f" / "run"), scratch=s))[1])
+    add_cli("workdir", "`--workdir` cannot be created (`/proc/...`)",
+            lambda s: cli(*CLI_ARGS, "--workdir=/proc/lookahead_run", scratch=s))
     add("workdir", "a read-only workdir (as a user; root may write anywhere)",
         lambda s: _readonly(s))
     add("workdir", "the disk fills up while records are written", _no_space)
     add("workdir", "two processes on one workdir", lambda s: _two_processes(s))
-    add("workdir", "Ctrl-C during a run",
-        lambda s: cli("--strategy=random", "--cycles=6", "--initial_size=30",
-                      "--query_size=10", "--subset_size=100", "--epochs=30",
-                      W.format(s / "c"), scratch=s, wait_for="c/random/state.json",
-                      interrupt=True))
+    add_cli("workdir", "Ctrl-C during a run",
+            lambda s: cli("--strategy=random", "--cycles=6", "--initial_size=30",
+                          "--query_size=10", "--subset_size=100", "--epochs=30",
+                          W.format(s / "c"), scratch=s, wait_for="c/random/state.json",
+                          interrupt=True))
     # --- damaged or edited records
     add("records", "`state.json` lacks a key", lambda s: damaged(
         s, lambda w: records.atomic_write_json(str(w / "state.json"), {"cycle_done": 2})))
@@ -233,18 +241,18 @@ def cases() -> list[Case]:
     add("records", "`--cycles` grows on a finished run (allowed: it extends the run)",
         lambda s: _extend(s))
     # --- flags and settings
-    add("flags", "a flag that does not parse (`--cycles=abc`)",
-        lambda s: cli("--cycles=abc", W.format(s / "r"), scratch=s))
-    add("flags", "`--seed=-1`", lambda s: cli("--seed=-1", W.format(s / "r"), scratch=s))
-    add("flags", "`--learning_rate=inf`",
-        lambda s: cli("--learning_rate=inf", W.format(s / "r"), scratch=s))
-    add("flags", "a misspelled strategy option (`--config.strategy_options.jiter=1e-4`)",
-        lambda s: cli("--strategy=mlmoc", "--config.strategy_options.jiter=1e-4",
-                      W.format(s / "r"), scratch=s))
-    add("flags", "`--batch_size=1000000`",
-        lambda s: cli(*CLI_ARGS, "--batch_size=1000000", W.format(s / "r"), scratch=s))
-    add("flags", "`--strategy=random,random`",
-        lambda s: cli("--strategy=random,random", W.format(s / "r"), scratch=s))
+    add_cli("flags", "a flag that does not parse (`--cycles=abc`)",
+            lambda s: cli("--cycles=abc", W.format(s / "r"), scratch=s))
+    add_cli("flags", "`--seed=-1`", lambda s: cli("--seed=-1", W.format(s / "r"), scratch=s))
+    add_cli("flags", "`--learning_rate=inf`",
+            lambda s: cli("--learning_rate=inf", W.format(s / "r"), scratch=s))
+    add_cli("flags", "a misspelled strategy option (`--config.strategy_options.jiter=1e-4`)",
+            lambda s: cli("--strategy=mlmoc", "--config.strategy_options.jiter=1e-4",
+                          W.format(s / "r"), scratch=s))
+    add_cli("flags", "`--batch_size=1000000`",
+            lambda s: cli(*CLI_ARGS, "--batch_size=1000000", W.format(s / "r"), scratch=s))
+    add_cli("flags", "`--strategy=random,random`",
+            lambda s: cli("--strategy=random,random", W.format(s / "r"), scratch=s))
     # --- the library API
     add("api", "`LoopConfig(cycles=\"3\")`", lambda s: api(lambda: _config(cycles="3")))
     add("api", "an oracle that returns `None`",
@@ -333,11 +341,18 @@ def build() -> str:
              "*handled*: it did what was asked. No row is a traceback or a silent "
              "acceptance.", "",
              "| # | input | outcome | exit | message |", "|---|---|---|---|---|"]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(3) as pool:
+        todo = []
         for n, case in enumerate(cases(), start=1):
             scratch = Path(tmp) / f"case{n}"
             scratch.mkdir()
-            outcome, message, code = case.run(scratch)
+            todo.append((n, case, scratch))
+        started = {n: pool.submit(case.run, scratch) for n, case, scratch in todo
+                   if case.process}
+        results = {n: case.run(scratch) for n, case, scratch in todo if not case.process}
+        results.update((n, job.result()) for n, job in started.items())
+        for n, case, scratch in todo:
+            outcome, message, code = results[n]
             code = "" if code is None else str(code)
             lines.append(f"| {n} | {case.group}: {case.what} | {outcome} | {code} | "
                          f"{normalise(message, scratch)} |")
