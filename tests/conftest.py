@@ -1,5 +1,10 @@
-"""Shared fixtures. ``shared/`` (golden values, MNIST archives) sits beside the repo."""
+"""Shared fixtures and helpers. ``shared/`` (golden values, MNIST archives) sits beside the
+repo. Test modules import the plain helpers (``from conftest import loop_config``)."""
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -15,7 +20,45 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # purpose (the structured NTK must recognise code as people write it): promotion allowed.
 USER_STYLE_MODULES = {"test_ntk_speed_paths"}
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def loop_config(strategy="entropy", epochs=4, **kw):
+    """A quick LoopConfig: a 32-wide MLP, 4 cycles from 20 labels, 8 per query, seed 3."""
+    from lookahead_jax import loop, train
+
+    base = dict(dataset="digits", model="mlp", model_kwargs=(("widths", (32,)),),
+                strategy=strategy, cycles=4, initial_size=20, query_size=8, subset_size=60,
+                seed=3, train=train.TrainConfig(epochs=epochs, batch_size=16))
+    base.update(kw)
+    return loop.LoopConfig(**base)
+
+
+def _cli_command(args):
+    return dict(args=[sys.executable, "-m", "experiments.main", *args], text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def cli(*args, cwd=REPO, timeout=900) -> subprocess.CompletedProcess:
+    """``python -m experiments.main *args`` run to its end, its output captured."""
+    return subprocess.run(**_cli_command(args), cwd=cwd, capture_output=True,
+                          timeout=timeout)
+
+
+def cli_start(*args, cwd=REPO) -> subprocess.Popen:
+    """``python -m experiments.main *args`` started, not waited for (stdout/stderr piped)."""
+    return subprocess.Popen(**_cli_command(args), cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def wait_until(ready, timeout, what="the condition"):
+    """Polls ``ready()`` every 0.2 s until it holds; fails the test after ``timeout`` s."""
+    deadline = time.time() + timeout
+    while not ready():
+        if time.time() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout} s")
+        time.sleep(0.2)
 
 
 @pytest.fixture(autouse=True)

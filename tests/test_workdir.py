@@ -3,29 +3,23 @@ it is opened, repaired where a crash tore a line, and never half-written."""
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_start, loop_config, wait_until
 
-from lookahead_jax import loop, records, train
+from lookahead_jax import loop, records
 from lookahead_jax.records import RecordError
 from lookahead_jax.workdir import Workdir, WorkdirError
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _config(**kw):
-    base = dict(dataset="digits", model="mlp", model_kwargs=(("widths", (32,)),),
-                strategy="margin", cycles=4, initial_size=20, query_size=8, subset_size=60,
-                seed=3, train=train.TrainConfig(epochs=3, batch_size=16))
-    base.update(kw)
-    return loop.LoopConfig(**base)
+    return loop_config(**{"strategy": "margin", "epochs": 3, **kw})
 
 
 def _run(workdir, dataset, **kw):
@@ -37,9 +31,17 @@ def _summary(res):
     return [q["indices"] for q in res.queries], [m["test_accuracy"] for m in res.metrics]
 
 
+@pytest.fixture(scope="module")
+def _finished_once(tmp_path_factory, tiny_dataset):
+    w = tmp_path_factory.mktemp("finished") / "w"
+    return w, _run(w, tiny_dataset)
+
+
 @pytest.fixture
-def finished(tmp_path, tiny_dataset):
-    res = _run(tmp_path / "w", tiny_dataset)
+def finished(_finished_once, tmp_path):
+    """A finished 4-cycle run, each test's own copy (the run is made once per module)."""
+    src, res = _finished_once
+    shutil.copytree(src, tmp_path / "w")
     return tmp_path / "w", res
 
 
@@ -193,21 +195,13 @@ def test_the_workdir_lock_names_the_other_process(tmp_path):
     Workdir.open(str(tmp_path)).close()          # released: usable again
 
 
-def _cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "experiments.main", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
 def test_two_processes_on_one_workdir(tmp_path):
     args = ("--strategy=random", "--cycles=4", "--initial_size=30", "--query_size=10",
             "--subset_size=100", "--epochs=20", f"--workdir={tmp_path}")
-    first = _cli(*args)
+    first = cli_start(*args)
     lock = tmp_path / "random" / ".lock"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (lock.exists() and lock.read_text()):
-        time.sleep(0.2)
-    second = _cli(*args)
+    wait_until(lambda: lock.exists() and lock.read_text(), 120, "the first run's lock")
+    second = cli_start(*args)
     out2, err2 = second.communicate(timeout=300)
     out1, err1 = first.communicate(timeout=600)
     assert first.returncode == 0, err1[-2000:]
@@ -222,16 +216,14 @@ def test_two_processes_on_one_workdir(tmp_path):
 def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
     args = ("--strategy=random", "--cycles=6", "--initial_size=30", "--query_size=10",
             "--subset_size=100", "--epochs=30", f"--workdir={tmp_path}")
-    proc = _cli(*args)
+    proc = cli_start(*args)
     state = tmp_path / "random" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not state.exists():
-        time.sleep(0.2)
+    wait_until(state.exists, 300, "the first cycle's state.json")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().startswith("interrupted: finished cycles are kept in")
     assert len(err.strip().splitlines()) == 1
-    again = _cli(*args)
+    again = cli_start(*args)
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0 and "resuming" in out, err[-2000:]
