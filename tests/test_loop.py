@@ -1,24 +1,15 @@
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli, loop_config
 
 from lookahead_jax import loop, records, train
 from lookahead_jax.workdir import Workdir
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def tiny_config(**kw):
-    base = dict(dataset="digits", model="mlp", model_kwargs=(("widths", (32,)),),
-                strategy="entropy", cycles=4, initial_size=20, query_size=8, subset_size=60,
-                seed=3, train=train.TrainConfig(epochs=4, batch_size=16))
-    base.update(kw)
-    return loop.LoopConfig(**base)
+tiny_config = loop_config        # entropy, 4 epochs; tests override fields
 
 
 def test_run_records_and_rebuilds_labeled_set(tmp_path, tiny_dataset):
@@ -156,23 +147,17 @@ def test_config_roundtrip():
         loop.LoopConfig.from_dict({"datset": "digits"})
 
 
-def _cli(*args, cwd=REPO):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=600)
-
-
 def test_cli_end_to_end_on_digits(tmp_path):
-    out = _cli("--cycles=3", "--initial_size=30", "--query_size=10", "--subset_size=100",
-               "--epochs=3", "--strategy=random,least_confidence", f"--workdir={tmp_path}")
+    out = cli("--cycles=3", "--initial_size=30", "--query_size=10", "--subset_size=100",
+              "--epochs=3", "--strategy=random,least_confidence", f"--workdir={tmp_path}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "least_confidence" in out.stdout and "cycle 3/3" in out.stdout
     assert (tmp_path / "learning_curves.png").stat().st_size > 1000
     rows = records.read_jsonl(str(tmp_path / "random" / "metrics.jsonl"))
     assert [r["num_labeled"] for r in rows] == [30, 40, 50]
     # same command again: resumes, nothing to do, same table
-    again = _cli("--cycles=3", "--initial_size=30", "--query_size=10", "--subset_size=100",
-                 "--epochs=3", "--strategy=random,least_confidence", f"--workdir={tmp_path}")
+    again = cli("--cycles=3", "--initial_size=30", "--query_size=10", "--subset_size=100",
+                "--epochs=3", "--strategy=random,least_confidence", f"--workdir={tmp_path}")
     assert again.returncode == 0 and "resuming" in again.stdout
     assert again.stdout.split("cycle  labeled")[1] == out.stdout.split("cycle  labeled")[1]
 
@@ -185,15 +170,15 @@ def test_cli_end_to_end_on_digits(tmp_path):
     ("--config.strategy_options.jiter=1e-4", "no strategy of random, mlmoc has an option"),
 ])
 def test_cli_bad_input_is_one_clear_line(flag, message, tmp_path):
-    out = _cli(flag, f"--workdir={tmp_path}")
+    out = cli(flag, f"--workdir={tmp_path}")
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
 
 
 def test_cli_diverged_training_is_a_clear_error_that_keeps_the_records(tmp_path):
-    out = _cli("--cycles=2", "--initial_size=30", "--query_size=10", "--subset_size=100",
-               "--epochs=3", "--learning_rate=1e9", "--strategy=random",
-               f"--workdir={tmp_path}")
+    out = cli("--cycles=2", "--initial_size=30", "--query_size=10", "--subset_size=100",
+              "--epochs=3", "--learning_rate=1e9", "--strategy=random",
+              f"--workdir={tmp_path}")
     assert out.returncode == 1, out.stderr[-3000:]
     assert "training diverged" in out.stderr and "Traceback" not in out.stderr
     # diverged in the first cycle: nothing finished, and the line says so (not "kept")
@@ -205,15 +190,15 @@ def test_cli_diverged_training_is_a_clear_error_that_keeps_the_records(tmp_path)
 
 def test_config_file_overrides_and_a_misspelled_option(tmp_path, monkeypatch):
     """The issue's two commands: a typo in a strategy option is refused before training."""
-    ok = _cli("--config=experiments/configs/default.py",
-              "--config.strategy_options.jitter=1e-4", "--strategy=mlmoc", "--cycles=2",
-              "--epochs=2", "--initial_size=20", "--subset_size=80", f"--workdir={tmp_path}")
+    ok = cli("--config=experiments/configs/default.py",
+             "--config.strategy_options.jitter=1e-4", "--strategy=mlmoc", "--cycles=2",
+             "--epochs=2", "--initial_size=20", "--subset_size=80", f"--workdir={tmp_path}")
     assert ok.returncode == 0, ok.stderr[-3000:]
     cfg = records.read_json(str(tmp_path / "mlmoc" / "config.json"))
     assert cfg["strategy_options"] == {"jitter": 1e-4}
-    bad = _cli("--config=experiments/configs/default.py",
-               "--config.strategy_options.jiter=1e-4", "--strategy=mlmoc", "--cycles=2",
-               f"--workdir={tmp_path / 'bad'}")
+    bad = cli("--config=experiments/configs/default.py",
+              "--config.strategy_options.jiter=1e-4", "--strategy=mlmoc", "--cycles=2",
+              f"--workdir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert ("error: strategy 'mlmoc' has no option 'jiter' (did you mean 'jitter'?); its "
             "options: u_floor, chunk_size, jitter, kernel") in bad.stderr
@@ -221,7 +206,7 @@ def test_config_file_overrides_and_a_misspelled_option(tmp_path, monkeypatch):
 
 
 def _resolved(*argv):
-    out = _cli(*argv, "--print_config")
+    out = cli(*argv, "--print_config")
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout)
 

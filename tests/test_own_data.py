@@ -8,24 +8,16 @@ import csv
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli
 from PIL import Image
 
 from lookahead_jax import data, loop, oracles, records, train
 
-REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("circle", "cross", "line")
-
-
-def _cli(*args, cwd=REPO):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=900)
 
 
 def _image(k: int, rng, size: int = 8) -> np.ndarray:
@@ -86,7 +78,7 @@ def _answer(request: Path, answer: Path, truth: dict) -> list:
 
 def _snapshot(workdir: Path) -> dict:
     return {f: (workdir / f).read_bytes() for f in ("labels.jsonl", "queries.jsonl",
-                                                     "metrics.jsonl", "state.json")
+                                                    "metrics.jsonl", "state.json")
             if (workdir / f).exists()}
 
 
@@ -99,7 +91,7 @@ def test_folder_with_the_files_oracle_for_three_cycles(image_folder, tmp_path):
     run_dir = work / "mlmoc"
     answered = []
     for cycle in range(2):
-        out = _cli(*args)
+        out = cli(*args)
         assert out.returncode == 0, out.stderr[-3000:]
         request = run_dir / "to_label" / f"cycle_{cycle}.csv"
         assert str(request) in out.stdout and "index,label" in out.stdout
@@ -108,12 +100,12 @@ def test_folder_with_the_files_oracle_for_three_cycles(image_folder, tmp_path):
             before = _snapshot(run_dir)
             answer.write_text("index,label\n" + "".join(
                 f"{r['index']},triangle\n" for r in csv.DictReader(request.open())))
-            bad = _cli(*args)
+            bad = cli(*args)
             assert bad.returncode == 2 and "Traceback" not in bad.stderr
             assert "unknown class 'triangle'; classes: circle, cross, line" in bad.stderr
             assert _snapshot(run_dir) == before
         answered += _answer(request, answer, truth)
-    done = _cli(*args)
+    done = cli(*args)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cycle 3/3" in done.stdout
     ledger = records.read_jsonl(str(run_dir / "labels.jsonl"))
@@ -166,9 +158,9 @@ def _tabular_npz(path: Path, known: float, with_truth: bool):
 @pytest.mark.parametrize("strategy", ["mlmoc", "badge"])
 def test_tabular_npz_without_test_split_simulated(strategy, tmp_path):
     _tabular_npz(tmp_path / "pool.npz", known=0.0, with_truth=True)
-    out = _cli(f"--dataset=npz:{tmp_path / 'pool.npz'}", f"--strategy={strategy}",
-               "--cycles=3", "--initial_size=20", "--query_size=10", "--subset_size=60",
-               "--epochs=5", "--batch_size=8", f"--workdir={tmp_path / 'w'}")
+    out = cli(f"--dataset=npz:{tmp_path / 'pool.npz'}", f"--strategy={strategy}",
+              "--cycles=3", "--initial_size=20", "--query_size=10", "--subset_size=60",
+              "--epochs=5", "--batch_size=8", f"--workdir={tmp_path / 'w'}")
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = records.read_jsonl(str(tmp_path / "w" / strategy / "metrics.jsonl"))
     assert [m["num_labeled"] for m in metrics] == [20, 30, 40]
@@ -180,10 +172,10 @@ def test_tabular_npz_with_unknown_labels_and_the_files_oracle(tmp_path):
     args = (f"--dataset=npz:{tmp_path / 'pool.npz'}", "--strategy=mlmoc,badge", "--cycles=3",
             "--query_size=6", "--subset_size=40", "--epochs=5", "--batch_size=8",
             "--oracle=files", f"--workdir={tmp_path / 'w'}")
-    simulated = _cli(*args[:-2], f"--workdir={tmp_path / 'sim'}")
+    simulated = cli(*args[:-2], f"--workdir={tmp_path / 'sim'}")
     assert simulated.returncode == 2 and "--oracle=files" in simulated.stderr
     for _ in range(10):
-        out = _cli(*args)
+        out = cli(*args)
         assert out.returncode == 0, out.stderr[-3000:]
         if "to label" not in out.stdout:
             break
