@@ -22,11 +22,14 @@ class Claim(NamedTuple):
       statement: the claim, in numbers.
       measured: what the runs show (mean ± 95% CI over seeds).
       holds: True / False, or None where the runs cannot decide (arm not run, one seed).
+      arm: the arm whose network the claim is about (None: the study's base network);
+        Fig. 3b's arms change the width.
     """
 
     statement: str
     measured: str
     holds: Optional[bool]
+    arm: Optional[str] = None
 
 
 def paired_average(study: "Study", arm: str, ref: str) -> tuple[float, float, int]:
@@ -57,15 +60,15 @@ def _compare(study, arm, ref, statement, want: str) -> Claim:
     not below 0) or "same" (CI covers 0) for the cycle-averaged paired arm − ref."""
     mean, ci, n = paired_average(study, arm, ref)
     if n == 0:
-        return Claim(statement, f"not run ({arm} or {ref} missing)", None)
+        return Claim(statement, f"not run ({arm} or {ref} missing)", None, arm)
     text = (f"{arm} − {ref}, averaged over acquisition cycles: {_pts(mean, ci)} "
             f"({n} seed{'s' if n > 1 else ''})")
     if not np.isfinite(ci):
-        return Claim(statement, text, None)
+        return Claim(statement, text, None, arm)
     lo, hi = mean - ci, mean + ci
     holds = {"better": lo > 0, "not_better": not lo > 0, "not_worse": hi >= 0,
              "same": lo <= 0 <= hi}[want]
-    return Claim(statement, text, bool(holds))
+    return Claim(statement, text, bool(holds), arm)
 
 
 def _check_fig1a(study):

@@ -9,6 +9,7 @@ numbers read from the runs' records appear; nothing is typed in.
 """
 
 import io
+import json
 import os
 import sys
 from typing import Optional
@@ -107,6 +108,17 @@ def network(cfg: dict) -> str:
     return f"{name} {kw}" if kw else name
 
 
+def arm_network(study: Study, label: Optional[str]) -> str:
+    """The network of arm ``label`` (its overrides of ``model`` / ``model_kwargs`` applied
+    to the base config; the base network when ``label`` is None or overrides neither)."""
+    cfg = dict(study.meta["base_config"])
+    arm = next((a for a in study.meta["arms"] if a["label"] == label), None)
+    for key in ("model", "model_kwargs"):
+        if arm is not None and key in arm["overrides"]:
+            cfg[key] = json.loads(arm["overrides"][key])
+    return network(cfg)
+
+
 def _baseline_of(study: Study, label: str) -> Optional[str]:
     return next(a["baseline"] for a in study.meta["arms"] if a["label"] == label)
 
@@ -131,7 +143,9 @@ def study_markdown(study: Study, image: str, name: Optional[str] = None) -> str:
              f"- setting: {cfg['dataset']}, {network(cfg)}, initial "
              f"{cfg['initial_size']}, query {cfg['query_size']}, subset {cfg['subset_size']}, "
              f"{cfg['cycles']} cycles, {cfg['train']['epochs']} epochs per cycle, loss "
-             f"{cfg['train']['loss']}",
+             f"{cfg['train']['loss']}"
+             + (f"; the arms vary the width: {', '.join(map(str, meta['widths']))}"
+                if meta.get("widths") else ""),
              "- finished seeds per arm: " + "; ".join(
                  f"{a} {', '.join(map(str, sorted(r))) or 'none'}"
                  for a, r in study.runs.items()) + (
@@ -209,9 +223,8 @@ def claims_table(studies: dict) -> str:
             "| study | network | claim | measured | verdict |", "|---|---|---|---|---|"]
     n = 0
     for name, s in studies.items():
-        net = network(s.meta["base_config"])
         for c in check_claims(s):
-            rows.append(f"| {name} | {net} | {c.statement} | {c.measured} | "
+            rows.append(f"| {name} | {arm_network(s, c.arm)} | {c.statement} | {c.measured} | "
                         f"{verdict(c.holds)} |")
             n += 1
     return "\n".join(rows) if n else ""

@@ -179,3 +179,19 @@ def test_reproduce_script_names_real_figures_and_flags():
     assert "--figure=batch" in (REPO / "experiments" / "reproduce_batch.sh").read_text()
     assert "--preamble=docs/results_preamble.md" in text
     assert (REPO / "docs" / "results_preamble.md").exists()
+
+
+def test_claims_table_names_each_arms_network(tmp_path):
+    # Fig. 3b's arms change the width: each row names the width of its own arm, not the base's
+    base = {"model": "wide_resnet", "dataset": "mnist",
+            "model_kwargs": {"num_groups": 1, "widen_factor": 4}}
+    meta = {"base_config": base, "arms": [
+        {"label": "ntk_w16", "baseline": "random_w16",
+         "overrides": {"strategy": '"mlmoc"',
+                       "model_kwargs": '{"num_groups": 1, "widen_factor": 1}'}},
+        {"label": "random", "baseline": None, "overrides": {"strategy": '"random"'}}]}
+    study = studies.Study(meta=meta, runs={}, unfinished={})
+    assert report.arm_network(study, "ntk_w16") == \
+        "WideResNet, 1 group, widen factor 1 (width 16)"
+    assert report.arm_network(study, "random") == report.arm_network(study, None) == \
+        "WideResNet, 1 group, widen factor 4 (width 64)"
