@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fcntl
+import functools
 import json
 import os
 import platform
@@ -264,8 +266,35 @@ def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: st
                 meta["run_seconds"][key] = meta["run_seconds"].get(key, 0.0) + \
                     time.perf_counter() - t0
             meta["finished"] = _now()
-            records.atomic_write_json(path, meta)
+            meta = _write_study(path, meta)
     return meta
+
+
+def _write_study(path: str, meta: dict) -> dict:
+    """Writes ``meta`` to ``path`` merged with what is there now, under a lock.
+
+    Two commands may extend one study at once with different seeds (one per core): each
+    holds its own ``meta`` in memory, so a plain rewrite would drop the other's run times,
+    reused runs, seeds and command. Returns the merged record.
+    """
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            disk = records.read_json(path) if os.path.exists(path) else {}
+            merged = dict(meta)
+            for key in ("run_seconds", "reused"):
+                merged[key] = {**disk.get(key, {}), **meta.get(key, {})}
+            merged["seeds"] = sorted(set(disk.get("seeds", [])) | set(meta.get("seeds", [])))
+            merged["commands"] = functools.reduce(_append_unique, meta.get("commands", []),
+                                                  list(disk.get("commands", [])))
+            merged["started"] = min(filter(None, (disk.get("started"), meta.get("started"))))
+            labels = [a["label"] for a in merged["arms"]]
+            merged["arms"] = merged["arms"] + [a for a in disk.get("arms", [])
+                                               if a["label"] not in labels]
+            records.atomic_write_json(path, merged)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return merged
 
 
 def _finished(run_dir: str) -> bool:

@@ -195,3 +195,32 @@ def test_claims_table_names_each_arms_network(tmp_path):
         "WideResNet, 1 group, widen factor 1 (width 16)"
     assert report.arm_network(study, "random") == report.arm_network(study, None) == \
         "WideResNet, 1 group, widen factor 4 (width 64)"
+
+
+def test_two_commands_extending_one_study_keep_each_others_records(tmp_path):
+    # two commands run one study's seeds at once (one per core): each holds its own record
+    # in memory; the second write must keep the first's run times, reuses, seeds, command
+    path = str(tmp_path / "study.json")
+    arms = [{"label": "random", "overrides": {}, "baseline": None}]
+    first = {"commands": ["figures --seeds=0,1,2"], "seeds": [0, 1, 2], "arms": arms,
+             "started": "2026-11-30T16:40:00Z",
+             "run_seconds": {"random/seed0": 480.0}, "reused": {}}
+    second = {"commands": ["figures --seeds=3,4"], "seeds": [3, 4],
+              "arms": arms + [{"label": "badge", "overrides": {}, "baseline": "random"}],
+              "started": "2026-11-30T16:41:00Z",
+              "run_seconds": {"random/seed3": 500.0}, "reused": {"badge/seed3": "x/badge"}}
+    studies._write_study(path, first)
+    merged = studies._write_study(path, second)
+    assert merged == records.read_json(path)
+    assert merged["run_seconds"] == {"random/seed0": 480.0, "random/seed3": 500.0}
+    assert merged["reused"] == {"badge/seed3": "x/badge"}
+    assert merged["seeds"] == [0, 1, 2, 3, 4]
+    assert merged["commands"] == ["figures --seeds=0,1,2", "figures --seeds=3,4"]
+    assert merged["started"] == "2026-11-30T16:40:00Z"
+    assert [a["label"] for a in merged["arms"]] == ["random", "badge"]
+    # the first command's next write keeps the second's, and its own newer time wins
+    first["run_seconds"]["random/seed0"] = 490.0
+    again = studies._write_study(path, first)
+    assert again["run_seconds"] == {"random/seed0": 490.0, "random/seed3": 500.0}
+    assert again["commands"] == merged["commands"]
+    assert [a["label"] for a in again["arms"]] == ["random", "badge"]
