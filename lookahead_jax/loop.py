@@ -97,6 +97,9 @@ class LoopConfig:
       coordinator_address, num_processes, process_id: ``HOST:PORT`` of process 0, how
         many processes, this one's index; give all three, or none under SLURM / Open MPI
         (JAX detects them). Only with ``distributed``.
+      join_timeout_s: the longest this process waits for the coordinator and the other
+        processes to join (default 300 s); then it stops with one line. Only with
+        ``distributed``.
     """
 
     dataset: str = "digits"
@@ -125,10 +128,12 @@ class LoopConfig:
     coordinator_address: Optional[str] = None
     num_processes: Optional[int] = None
     process_id: Optional[int] = None
+    join_timeout_s: Optional[float] = None
 
     # How a run is launched, not what it computes: left out of to_dict() at their
     # defaults (so records of earlier runs still match) and never recorded in config.json.
-    LAUNCH_FIELDS = ("distributed", "coordinator_address", "num_processes", "process_id")
+    LAUNCH_FIELDS = ("distributed", "coordinator_address", "num_processes", "process_id",
+                     "join_timeout_s")
 
     def __post_init__(self):
         for key in ("model_kwargs", "strategy_options"):
@@ -182,6 +187,11 @@ class LoopConfig:
                                            self.process_id)
             except ValueError as e:
                 raise ValueError(f"distributed: {e}") from None
+            t = self.join_timeout_s
+            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
+                                  or not 0 < t < float("inf")):
+                raise ValueError(f"join_timeout_s must be a positive number of seconds, "
+                                 f"got {t!r}")
             if self.oracle != "simulated":
                 raise ValueError("a distributed run needs oracle 'simulated' (people answer "
                                  "in one workdir; the processes must stay in step)")
@@ -818,7 +828,7 @@ def join(config: LoopConfig) -> bool:
     if not config.distributed:
         return True
     distributed_lib.initialize(config.coordinator_address, config.num_processes,
-                               config.process_id)
+                               config.process_id, timeout_s=config.join_timeout_s or 300.0)
     return jax.process_index() == 0
 
 

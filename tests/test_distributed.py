@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -313,3 +314,32 @@ def test_unreachable_coordinator_is_one_clear_error():
     assert is_runtime and f"localhost:{port}" in message and "3 s" in message, message
     assert "\n" not in message
     assert time.monotonic() - t0 < 25
+
+
+def test_cli_join_timeout_bounds_the_wait_for_an_absent_coordinator(tmp_path):
+    # --join_timeout_s replaces the 300 s default: one line naming the address and the
+    # timeout, exit 1, well within the limit
+    port, t0 = _free_port(), time.monotonic()
+    out = cli("--workdir", str(tmp_path / "w"), "--distributed",
+              f"--coordinator_address=localhost:{port}", "--num_processes=2",
+              "--process_id=1", "--join_timeout_s=3", timeout=60)
+    err = out.stderr
+    assert out.returncode == 1, err[-3000:]
+    assert err.startswith("error: cannot reach the coordinator at "
+                          f"localhost:{port} within 3 s"), err[-3000:]
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert time.monotonic() - t0 < 45
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "3"])
+def test_join_timeout_must_be_a_positive_number(value):
+    from lookahead_jax import loop
+
+    launch = dict(distributed=True, coordinator_address="localhost:1", num_processes=2,
+                  process_id=1)
+    with pytest.raises(ValueError, match="join_timeout_s must be a positive number"):
+        loop.LoopConfig(**launch, join_timeout_s=value)
+    with pytest.raises(ValueError, match="join_timeout_s set without distributed"):
+        loop.LoopConfig(join_timeout_s=3.0)
+    # how long to wait is how the run is launched: never in config.json
+    assert "join_timeout_s" not in loop._recorded(loop.LoopConfig(**launch, join_timeout_s=3.0))
