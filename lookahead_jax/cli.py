@@ -29,11 +29,14 @@ one line and exit 1.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 import typing
 from typing import Mapping, Optional, Sequence
@@ -151,6 +154,9 @@ def summary_table(curves: Mapping[str, Sequence[dict]]) -> str:
 
 def _kept(workdir: Optional[str], names: Sequence[str]) -> str:
     """What survives an interrupted run, said truthfully."""
+    if jax.distributed.is_initialized() and jax.process_index() != 0:
+        return ("process 0 keeps the finished cycles in its --workdir; the same commands, "
+                "on every process, resume from there")
     done = []
     for s in names or ():
         state = os.path.join(workdir or "", s, "state.json")
@@ -194,25 +200,59 @@ def _lost_peer(e: BaseException) -> Optional[str]:
             f"failed: {str(e).splitlines()[0]}); see that process's output")
 
 
+class _Stopped(KeyboardInterrupt):
+    """Ctrl-C (SIGINT, exit 130) or SIGTERM (a scheduler's stop or preemption, exit 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_RECEIVED: list[int] = []   # the signals that arrived, in order
+
+
+def _on_signal(signum, frame) -> None:
+    del frame
+    _RECEIVED.append(signum)
+    raise _Stopped(signum)
+
+
+@contextlib.contextmanager
+def _signals_win():
+    """A signal's exception can surface as another one (raised while a pybind11 module is
+    imported, it becomes ``ImportError: initialization failed``): once a signal has
+    arrived, whatever escapes is the stop that signal asked for."""
+    try:
+        yield
+    except BaseException as e:
+        if _RECEIVED and not isinstance(e, _Stopped):
+            raise _Stopped(_RECEIVED[-1]) from e
+        raise
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend chatter out of the table
     workdir: Optional[str] = None
     try:
-        cfg = build_config().to_dict()
-        names = [s.strip() for s in str(cfg.pop("strategy")).split(",") if s.strip()]
-        if not names:
-            raise ValueError("--strategy is empty")
-        config = loop.LoopConfig.from_dict({**cfg, "strategy": names[0]})
-        if _PRINT.value:
-            print(json.dumps({**config.to_dict(), "strategy": ",".join(names)}, indent=2,
-                             sort_keys=True))
-            return
-        workdir = _WORKDIR.value or os.path.join(
-            "runs", f"{config.dataset}_{config.model}_seed{config.seed}")
-        writes = loop.join(config)          # --distributed: only process 0 reports
-        results = loop.run_strategies(config, names, workdir)
+        with _signals_win():
+            cfg = build_config().to_dict()
+            names = [s.strip() for s in str(cfg.pop("strategy")).split(",") if s.strip()]
+            if not names:
+                raise ValueError("--strategy is empty")
+            config = loop.LoopConfig.from_dict({**cfg, "strategy": names[0]})
+            if _PRINT.value:
+                print(json.dumps({**config.to_dict(), "strategy": ",".join(names)}, indent=2,
+                                 sort_keys=True))
+                return
+            workdir = _WORKDIR.value or os.path.join(
+                "runs", f"{config.dataset}_{config.model}_seed{config.seed}")
+            writes = loop.join(config)          # --distributed: only process 0 reports
+            results = loop.run_strategies(config, names, workdir)
     except LabelsNeeded as e:                            # people answer first: not an error
         print(f"\n{e.instructions()}")
         if len(names) > 1:
@@ -230,9 +270,11 @@ def main(argv: Sequence[str]) -> None:
         where = f" ({e.filename})" if e.filename else ""
         _fail(f"cannot read or write the records{where}: {e.strerror or e}; nothing "
               f"half-written was left. {_kept(workdir, names)}", 1)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {_kept(workdir, names)}", file=sys.stderr)
-        _exit(130)
+    except KeyboardInterrupt as e:                      # Ctrl-C, or SIGTERM
+        signum = getattr(e, "signum", signal.SIGINT)
+        word = "terminated" if signum == signal.SIGTERM else "interrupted"
+        print(f"\n{word}: {_kept(workdir, names)}", file=sys.stderr)
+        _exit(128 + int(signum))
     except Exception as e:                              # a bug: its traceback
         if not jax.distributed.is_initialized():
             raise

@@ -43,8 +43,10 @@ Failure modes, all bounded in time:
   the others say in one line that another process stopped. Checks that can fail should
   fail on every process alike (a workdir process 0 refuses is refused on all).
 
-A process that has joined handles SIGTERM through JAX's preemption notifier (it is not
-ended by it); stop a stuck process with SIGKILL.
+:func:`initialize` turns JAX's preemption service off: that service takes SIGTERM (it logs
+the signal and the process goes on), so a joined process could be stopped only with
+SIGKILL. Without it SIGTERM stops a joined process as it stops a one-process run, and the
+others' next collective fails as above.
 """
 
 from __future__ import annotations
@@ -156,6 +158,10 @@ def initialize(coordinator_address: Optional[str] = None,
         raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
     where = coordinator_address or "the coordinator JAX detects (SLURM / Open MPI)"
     deadline = time.monotonic() + float(timeout_s)
+    # JAX's preemption service takes SIGTERM (logs it and goes on), so a joined process
+    # could only be stopped with SIGKILL; without it SIGTERM stops it as it stops a
+    # one-process run (the CLI: one line, exit 143). We use no preemption sync points.
+    jax.config.update("jax_enable_preemption_service", False)
     if not jax.config.jax_cpu_collectives_implementation:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator_address is not None and process_id != 0:

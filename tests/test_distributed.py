@@ -2,8 +2,7 @@
 
 The children run :func:`_worker` (this file, imported by path): 2 processes on localhost,
 one CPU device each, coordinator on a free port. Every run is bounded: children get a
-hard deadline and are SIGKILLed on it (a joined JAX process ignores SIGTERM: JAX's
-preemption notifier catches it), and the test then fails with their output.
+hard deadline and are SIGKILLed on it, and the test then fails with their output.
 
 Cost, pinned to one core: each child ~17 s of CPU (mostly compiling; one process alone
 needs ~11 s), the reference in this process ~6 s: ~40 s when the core is free.
@@ -13,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -343,3 +343,45 @@ def test_join_timeout_must_be_a_positive_number(value):
         loop.LoopConfig(join_timeout_s=3.0)
     # how long to wait is how the run is launched: never in config.json
     assert "join_timeout_s" not in loop._recorded(loop.LoopConfig(**launch, join_timeout_s=3.0))
+
+
+def test_sigterm_stops_a_joined_process_in_one_line(tmp_path):
+    """SIGTERM (a scheduler's stop) to process 1 of a running two-process run: it says so
+    in one line and exits 143 at once (JAX's preemption service used to take the signal,
+    so only SIGKILL stopped it); process 0 then says another process stopped. Both share
+    one workdir, as two processes on one machine would; the finished cycle is kept."""
+    from lookahead_jax import records
+
+    port, t0 = _free_port(), time.monotonic()
+    logs = [open(tmp_path / f"out{i}.txt", "w+") for i in range(2)]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.main", f"--workdir={tmp_path / 'w'}",
+         "--strategy=random", "--cycles=50", "--initial_size=30", "--query_size=10",
+         "--subset_size=600", "--epochs=30", "--distributed",
+         f"--coordinator_address=localhost:{port}", "--num_processes=2",
+         f"--process_id={i}"], cwd=REPO, env=_env(), stdout=logs[i],
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        state = tmp_path / "w" / "random" / "state.json"
+        while not state.exists() and time.monotonic() < t0 + 180 and procs[1].poll() is None:
+            time.sleep(0.2)
+        assert state.exists(), "the first cycle did not finish within 180 s"
+        procs[1].send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        outs = _wait_all(procs, sent + 90)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        for log in logs:
+            log.close()
+    outs = [(tmp_path / f"out{i}.txt").read_text() for i in range(2)]
+    assert [p.returncode for p in procs] == [1, 143], outs
+    lines = [line for line in outs[1].splitlines() if line.startswith("terminated:")]
+    assert lines == ["terminated: process 0 keeps the finished cycles in its --workdir; "
+                     "the same commands, on every process, resume from there"], outs[1]
+    assert [line for line in outs[0].splitlines() if line.startswith("error:")][0].startswith(
+        "error: another process of the multi-process run stopped"), outs[0]
+    for out in outs:
+        assert "Traceback" not in out and "Check failure" not in out, out
+    assert records.read_json(str(state))["cycle_done"] >= 0
