@@ -7,6 +7,9 @@
 #   bash experiments/reproduce_batch.sh [path/to/mnist/archives]
 #   NETS=mlp SEEDS=0,1,2 bash experiments/reproduce_batch.sh   # a part first, extend later
 #
+# Two commands may extend one study at once with different seeds (e.g. one per core:
+# SEEDS=0,1,2 pinned to one, SEEDS=3,4 to the other); study.json keeps both's records.
+#
 # MLP: 784-1024-1024-10 (configs/mnist_mlp.py), 100 initial labels, a 4000-candidate
 # subset, 5 cycles at 100 per query and 4 at 250. WRN (configs/mnist_wrn.py, width 64):
 # the same queries from its 1000-candidate subset.

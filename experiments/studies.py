@@ -248,6 +248,7 @@ def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: st
     }
     if widths:
         meta["widths"] = list(widths)
+    own: set[str] = set()   # the runs this command ran or copied ("arm/seedN")
     for seed in seeds:
         for a in chosen:
             cfg = dataclasses.replace(configs[a.label], seed=seed)
@@ -266,16 +267,18 @@ def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: st
                 meta["run_seconds"][key] = meta["run_seconds"].get(key, 0.0) + \
                     time.perf_counter() - t0
             meta["finished"] = _now()
-            meta = _write_study(path, meta)
+            own.add(key)
+            meta = _write_study(path, meta, own)
     return meta
 
 
-def _write_study(path: str, meta: dict) -> dict:
+def _write_study(path: str, meta: dict, own: set) -> dict:
     """Writes ``meta`` to ``path`` merged with what is there now, under a lock.
 
     Two commands may extend one study at once with different seeds (one per core): each
     holds its own ``meta`` in memory, so a plain rewrite would drop the other's run times,
-    reused runs, seeds and command. Returns the merged record.
+    reused runs, seeds and command. Per run (``"arm/seedN"``) the record on disk wins,
+    except for ``own``, the runs this command ran or copied. Returns the merged record.
     """
     with open(path + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -283,7 +286,8 @@ def _write_study(path: str, meta: dict) -> dict:
             disk = records.read_json(path) if os.path.exists(path) else {}
             merged = dict(meta)
             for key in ("run_seconds", "reused"):
-                merged[key] = {**disk.get(key, {}), **meta.get(key, {})}
+                mine = {k: v for k, v in meta.get(key, {}).items() if k in own}
+                merged[key] = {**meta.get(key, {}), **disk.get(key, {}), **mine}
             merged["seeds"] = sorted(set(disk.get("seeds", [])) | set(meta.get("seeds", [])))
             merged["commands"] = functools.reduce(_append_unique, meta.get("commands", []),
                                                   list(disk.get("commands", [])))
