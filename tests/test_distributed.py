@@ -368,7 +368,7 @@ def test_sigterm_stops_a_joined_process_in_one_line(tmp_path):
         assert state.exists(), "the first cycle did not finish within 180 s"
         procs[1].send_signal(signal.SIGTERM)
         sent = time.monotonic()
-        outs = _wait_all(procs, sent + 90)
+        _wait_all(procs, sent + 90)
     finally:
         for p in procs:
             p.kill()

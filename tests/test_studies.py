@@ -218,8 +218,10 @@ def test_two_commands_extending_one_study_keep_each_others_records(tmp_path):
     assert second["commands"] == ["figures --seeds=0,1,2", "figures --seeds=3,4"]
     assert second["started"] == "2026-11-30T16:40:00Z"
     assert [a["label"] for a in second["arms"]] == ["random", "badge"]
-    # the second resumes its run (more seconds); the first, holding a stale copy of that
-    # run's time, writes its own next run: its own times win, the other's stay
+    # the first writes again, so it now holds the second's time for random/seed3 (500 s);
+    # the second resumes that run (650 s in all); the first's next write must keep 650
+    first = studies._write_study(path, first, {"random/seed0"})
+    assert first["run_seconds"]["random/seed3"] == 500.0
     second["run_seconds"]["random/seed3"] = 650.0
     second = studies._write_study(path, second, {"random/seed3", "badge/seed3"})
     first["run_seconds"]["random/seed1"] = 470.0
