@@ -5,9 +5,7 @@ docstring lists the flags and rules). With no flags it runs the embedded default
 (digits, a small MLP, random vs. MLMOC) on the CPU in about a minute.
 """
 
-from absl import app
-
-from lookahead_jax.cli import main, parse_flags
+from lookahead_jax.cli import run
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run()

@@ -253,6 +253,8 @@ def main(argv: Sequence[str]) -> None:
                 "runs", f"{config.dataset}_{config.model}_seed{config.seed}")
             writes = loop.join(config)          # --distributed: only process 0 reports
             results = loop.run_strategies(config, names, workdir)
+            if writes:                          # a signal while printing: still one line
+                _report(results, workdir)
     except LabelsNeeded as e:                            # people answer first: not an error
         print(f"\n{e.instructions()}")
         if len(names) > 1:
@@ -282,8 +284,10 @@ def main(argv: Sequence[str]) -> None:
             _fail(_lost_peer(e), 1)
         traceback.print_exc()
         _exit(1)
-    if not writes:
-        return
+
+
+def _report(results: Mapping[str, "loop.RunResult"], workdir: str) -> None:
+    """The accuracy table and where the records and the plot are."""
     print()
     print(summary_table({s: r.metrics for s, r in results.items()}))
     for s, r in results.items():
@@ -291,6 +295,23 @@ def main(argv: Sequence[str]) -> None:
             print(f"{s}: stopped at cycle {r.stopped['cycle'] + 1} by {r.stopped['by']}")
     print(f"\nrecords: {os.path.abspath(workdir)}")
     print(f"plot:    {os.path.abspath(os.path.join(workdir, 'learning_curves.png'))}")
+
+
+def _quiet_from_here() -> None:
+    """Once the run has ended (its records are final), a signal during the interpreter's
+    shutdown leaves quietly with its usual status instead of a traceback from wherever the
+    shutdown was."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def leave(signum, frame):
+        del frame
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + int(signum))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, leave)
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
@@ -302,8 +323,11 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def run() -> None:
-    """The console command's entry point."""
-    app.run(main, flags_parser=parse_flags)
+    """The console command's entry point (and ``python -m experiments.main``'s)."""
+    try:
+        app.run(main, flags_parser=parse_flags)
+    finally:                   # SystemExit from app.run: the interpreter shuts down next
+        _quiet_from_here()
 
 
 if __name__ == "__main__":

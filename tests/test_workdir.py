@@ -254,3 +254,39 @@ def test_a_signal_that_surfaces_as_another_error_still_stops_the_run():
         assert isinstance(info.value.__cause__, ImportError)
     finally:
         cli_lib._RECEIVED.clear()
+
+
+_AFTER_THE_RUN = """
+import os, signal, sys
+from lookahead_jax import cli
+def ran(config, names, workdir):           # a run that has finished (no training needed)
+    return {}
+def report(results, workdir):              # the signal arrives while the table prints
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pause()
+cli.loop.run_strategies = ran
+cli._report = report
+sys.argv = ["lookahead-jax", "--strategy=random", "--workdir=" + sys.argv[1]]
+cli.run()
+"""
+
+_AT_SHUTDOWN = """
+import os, signal, sys
+from lookahead_jax import cli
+import atexit
+atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), signal.pause()))
+sys.argv = ["lookahead-jax", "--print_config"]
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("script,code,word", [(_AFTER_THE_RUN, 143, "terminated: "),
+                                              (_AT_SHUTDOWN, 130, "")])
+def test_a_signal_after_the_run_is_quiet_too(script, code, word, tmp_path):
+    # while the finished run's table prints it is the usual one line; during the
+    # interpreter's shutdown it leaves with the signal's status and says nothing
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip() == (word + "no cycle had finished, so nothing is kept yet; "
+                                   "the same command starts again" if word else "")
