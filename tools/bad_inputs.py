@@ -86,8 +86,9 @@ CLI_ARGS = ("--cycles=2", "--initial_size=20", "--query_size=5", "--subset_size=
             "--epochs=1", "--strategy=random")
 
 
-def cli(*args, scratch: Path, wait_for: str = "", interrupt: bool = False) -> tuple:
-    """``python -m experiments.main`` with ``args``; returns the last stderr line."""
+def cli(*args, scratch: Path, wait_for: str = "", interrupt: int = 0) -> tuple:
+    """``python -m experiments.main`` with ``args``; returns the last stderr line. With
+    ``interrupt`` (a signal number) that signal is sent once ``wait_for`` exists."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "experiments.main", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -95,7 +96,7 @@ def cli(*args, scratch: Path, wait_for: str = "", interrupt: bool = False) -> tu
         deadline = time.time() + 300
         while time.time() < deadline and not (scratch / wait_for).exists():
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(interrupt)
     out, err = proc.communicate(timeout=900)
     if "Traceback" in err:
         return "TRACEBACK", err.strip().splitlines()[-1], proc.returncode
@@ -104,7 +105,8 @@ def cli(*args, scratch: Path, wait_for: str = "", interrupt: bool = False) -> tu
         said = [ln for ln in out.splitlines()
                 if ln.startswith(("repaired", "resuming")) or "batch_size" in ln]
         return "handled", " / ".join(said) or "ran", 0
-    return "refused", lines[-1] if len(lines) == 1 else " / ".join(lines), proc.returncode
+    outcome = "stopped" if interrupt and proc.returncode == 128 + interrupt else "refused"
+    return outcome, lines[-1] if len(lines) == 1 else " / ".join(lines), proc.returncode
 
 
 def finished_run(scratch: Path) -> Path:
@@ -204,11 +206,14 @@ def cases() -> list[Case]:
         lambda s: _readonly(s))
     add("workdir", "the disk fills up while records are written", _no_space)
     add("workdir", "two processes on one workdir", lambda s: _two_processes(s))
-    add_cli("workdir", "Ctrl-C during a run",
-            lambda s: cli("--strategy=random", "--cycles=6", "--initial_size=30",
-                          "--query_size=10", "--subset_size=100", "--epochs=30",
-                          W.format(s / "c"), scratch=s, wait_for="c/random/state.json",
-                          interrupt=True))
+    for what, sig in (("Ctrl-C during a run", signal.SIGINT),
+                      ("SIGTERM during a run (a scheduler's stop, a preemption)",
+                       signal.SIGTERM)):
+        add_cli("workdir", what,
+                lambda s, sig=sig: cli("--strategy=random", "--cycles=6", "--initial_size=30",
+                                       "--query_size=10", "--subset_size=100", "--epochs=30",
+                                       W.format(s / "c"), scratch=s,
+                                       wait_for="c/random/state.json", interrupt=sig))
     # --- damaged or edited records
     add("records", "`state.json` lacks a key", lambda s: damaged(
         s, lambda w: records.atomic_write_json(str(w / "state.json"), {"cycle_done": 2})))
@@ -338,7 +343,8 @@ def build() -> str:
              "`tests/test_bad_inputs.py`). Each row does what a user did, in a scratch "
              "folder (`SCRATCH`). *refused*: one line, before any work (exit status 2 from "
              "the command line); *repaired*: the run said what it fixed and went on; "
-             "*handled*: it did what was asked. No row is a traceback or a silent "
+             "*handled*: it did what was asked; *stopped*: a signal ended the run, and one line "
+             "says what was kept (exit status 128 + the signal's number). No row is a traceback or a silent "
              "acceptance.", "",
              "| # | input | outcome | exit | message |", "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(3) as pool:
