@@ -343,9 +343,9 @@ def build() -> str:
              "`tests/test_bad_inputs.py`). Each row does what a user did, in a scratch "
              "folder (`SCRATCH`). *refused*: one line, before any work (exit status 2 from "
              "the command line); *repaired*: the run said what it fixed and went on; "
-             "*handled*: it did what was asked; *stopped*: a signal ended the run, and one line "
-             "says what was kept (exit status 128 + the signal's number). No row is a traceback or a silent "
-             "acceptance.", "",
+             "*handled*: it did what was asked; *stopped*: a signal ended the run, and one "
+             "line says what was kept (exit status 128 + the signal's number). No row is a "
+             "traceback or a silent acceptance.", "",
              "| # | input | outcome | exit | message |", "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(3) as pool:
         todo = []
