@@ -322,8 +322,10 @@ def scale(cfg, res):
     res["scale_setup_s"] = time.perf_counter() - t0
     n_chunks = -(-n_pool // k)
     todo = max(1, int(round(cfg["scale_fraction"] * n_chunks)))
-    rows = lambda s0, s1: ntk.kernel_from_features(
-        ntk.slice_features(fu, s0, min(s1, n_pool)), fu)                # Θ(U[s0:s1], U)
+
+    def rows(s0, s1):                                                   # Θ(U[s0:s1], U)
+        return ntk.kernel_from_features(ntk.slice_features(fu, s0, min(s1, n_pool)), fu)
+
     la.streaming_scores("mlmoc", spec, st, rows, num_chunks=1)        # compile
     t0 = time.perf_counter()
     scores, _ = la.streaming_scores("mlmoc", spec, st, rows, num_chunks=todo)
