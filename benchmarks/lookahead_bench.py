@@ -603,7 +603,7 @@ def main(argv=None):
     # standardised MNIST images: f_L fit its labels for 1 of 4 init keys (training accuracy
     # 0.70, 0.66, 0.12, 0.99 for keys 0-3; the JSON up to 1aca8ee ran at 0.05 and records
     # 0.70), so the look-ahead was timed around a network that did not fit. 0.01 fits (1.0).
-    # 20 naive candidates (0.4 s each) and 18 sequential steps (the capacity's room after
+    # 20 naive candidates (0.27 s each) and 18 sequential steps (the capacity's room after
     # the compile step): the JSON up to 652794a timed 4 and 10, and its ratios moved by a
     # third between runs. Eq. 12, w/o block and the rebuild: median of `repeats` calls.
     cfg = dict(L=100, U=4000, query=20, L_seq=1000, seq_steps=18, widths=[512, 512],
