@@ -79,9 +79,10 @@ class LoopConfig:
       initial_set: ``"auto"``: the pool's given labels when it has any (a user's own
         data), else a seeded random draw of ``initial_size`` answered by the oracle;
         ``"random"``: always the random draw.
-      oracle: who answers: ``"simulated"`` (labels known in advance) or ``"files"``
+      oracle: who answers: ``"simulated"`` (labels known in advance), ``"files"``
         (people: request and answer CSV files in the workdir, see
-        :mod:`lookahead_jax.oracles`).
+        :mod:`lookahead_jax.oracles`) or ``"label_studio"`` (people, in a Label Studio
+        project: :mod:`lookahead_jax.label_studio`).
       stop: stopping criteria, comma separated (:mod:`lookahead_jax.stopping`); the run
         ends when one fires. Empty: run all cycles.
       stop_options: ``{criterion: {option: value}}``.
@@ -150,7 +151,7 @@ class LoopConfig:
                 raise ValueError(f"{name} must be a non-empty string, got "
                                  f"{getattr(self, name)!r}")
         for name, allowed in (("initial_set", ("auto", "random")),
-                              ("oracle", ("simulated", "files"))):
+                              ("oracle", ("simulated", "files", "label_studio"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got "
                                  f"{getattr(self, name)!r}")
@@ -539,6 +540,9 @@ def _choose_oracle(config: LoopConfig, dataset, workdir: Optional[str],
         return FileOracle(workdir, dataset.items if dataset.items is not None else
                           [dataset.item(i) for i in range(len(dataset.x_train))],
                           dataset.num_classes, dataset.class_names)
+    if config.oracle == "label_studio":     # people, in a Label Studio project
+        from lookahead_jax import label_studio
+        return label_studio.from_run(config, dataset, workdir)
     unknown = dataset.y_train < 0
     if dataset.given is not None:
         unknown &= ~dataset.given
