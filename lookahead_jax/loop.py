@@ -123,7 +123,7 @@ class LoopConfig:
     stop: str = ""
     stop_options: tuple = ()
     stop_set_size: int = 1000
-    train: train_lib.TrainConfig = train_lib.TrainConfig()
+    train: train_lib.TrainConfig = train_lib.TrainConfig(batch_size=32)   # the CLI's
     distributed: bool = False
     coordinator_address: Optional[str] = None
     num_processes: Optional[int] = None
@@ -163,8 +163,8 @@ class LoopConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise ValueError(f"{name} must be an integer, got {v!r}")
-            if name == "seed" and v < 0:
-                raise ValueError(f"seed must be a non-negative integer, got {v}")
+            if name == "seed" and not 0 <= v < 2**63:   # jax.random.key takes an int64
+                raise ValueError(f"seed must be an integer from 0 to 2**63 - 1, got {v}")
             if name != "seed" and v <= 0:
                 raise ValueError(f"{name} must be positive, got {v}")
         for name in ("sequential", "download"):
@@ -715,7 +715,7 @@ def resume(run: RunSetup, wd: Workdir, oracle: RecordingOracle, log: Callable[[s
     variables = fresh
     if done >= 0:
         variables = Variables(*wd.load_variables(done, fresh))
-        log(f"resuming {wd.path} after cycle {done} ({int(state.labeled.sum())} labels)")
+        log(f"resuming {wd.path} after cycle {done + 1} ({int(state.labeled.sum())} labels)")
     for note in wd.notes:
         log(f"repaired {note}")
     memory = records.read_json(wd.file("stopping.json")) if wd.persistent and \
