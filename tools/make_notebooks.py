@@ -78,7 +78,8 @@ config = loop.LoopConfig(
     cycles=3 if SMOKE else 8, initial_size=30, query_size=10 if SMOKE else 20,
     subset_size=200 if SMOKE else 600, seed=0,
     train=train.TrainConfig(epochs=5 if SMOKE else 30, batch_size=32, learning_rate=0.05))
-workdir = tempfile.mkdtemp(prefix="quickstart_")
+records_dir = tempfile.TemporaryDirectory(prefix="quickstart_")  # removed when done
+workdir = records_dir.name
 results = loop.run_strategies(config, ["random", "mlmoc"], workdir, dataset=ds)
 for name, r in results.items():
     print(f"{name:>7}:", " ".join(f"{100 * m['test_accuracy']:.1f}%" for m in r.metrics))
@@ -108,7 +109,13 @@ print("seconds scoring per cycle:",
         md("""
 One seed on a small dataset is noisy. `python -m experiments.figures --figure=fig2` runs
 the multi-seed comparison with confidence intervals.
+
+The runs' records (`metrics.jsonl`, `queries.jsonl`, checkpoints, the plot) were written
+to a temporary folder; this removes it (skip the cell to look at them first, in `workdir`).
 """),
+        code('''
+records_dir.cleanup()
+'''),
     ]
 
 
