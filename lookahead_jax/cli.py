@@ -115,7 +115,7 @@ _HELP = {
     "query_size": "How many labels each query asks for.",
     "subset_size": "How many random unlabeled candidates each query scores.",
     "seed": "The seed of every random choice (initial set, candidates, initialisation, "
-            "shuffling), from 0 to 2**63 - 1.",
+            "shuffling), below 2**63.",
     "data_dir": "The folder built-in datasets are read from and downloaded to (tfds's "
                 "data_dir).",
     "manual_dir": "The folder of manually downloaded dataset archives (tfds's manual_dir).",

@@ -163,8 +163,10 @@ class LoopConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise ValueError(f"{name} must be an integer, got {v!r}")
-            if name == "seed" and not 0 <= v < 2**63:   # jax.random.key takes an int64
-                raise ValueError(f"seed must be an integer from 0 to 2**63 - 1, got {v}")
+            if name == "seed" and v < 0:
+                raise ValueError(f"seed must be a non-negative integer, got {v}")
+            if name == "seed" and v >= 2**63:    # jax.random.key takes an int64
+                raise ValueError(f"seed must be below 2**63 (a 64-bit signed integer), got {v}")
             if name != "seed" and v <= 0:
                 raise ValueError(f"{name} must be positive, got {v}")
         for name in ("sequential", "download"):
