@@ -19,8 +19,16 @@ Rules:
   * ``--strategy`` (or the config's ``strategy``) may list several strategies, comma
     separated: one run each under ``WORKDIR/<strategy>/``, compared in one table and plot.
 
-Bad input is one ``error:`` line on stderr with exit status 2, before any training; a
-diverged run exits 1 saying where its finished cycles are; Ctrl-C exits 130, likewise. With
+``--help`` lists the common flags (one sentence and the default each, :func:`usage`),
+``--helpfull`` every flag. A config file may also be the JSON ``--print_config`` writes;
+``--config.stop_options.NAME.KEY=V`` creates the criterion's entry, and
+``--stop_options`` takes the whole mapping as JSON.
+
+Bad input is one ``error:`` line on stderr with exit status 2, before any training (a
+config file that is missing, a folder, not Python, broken, raising or returning no
+settings included: :func:`load_config_file`); a diverged run exits 1 saying where its
+finished cycles are; Ctrl-C exits 130, likewise, also while the command still imports
+JAX and when the signal lands in a garbage-collection callback (:func:`_unraisable`). With
 ``--distributed`` a process that cannot join the others says so in one line and exits 1;
 a process that fails after joining leaves at once (not through JAX's shutdown, which
 would wait for the others), and the others, whose next collective then fails, say so in
