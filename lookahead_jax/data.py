@@ -150,9 +150,12 @@ def canonical_name(name: str) -> str:
     key = ALIASES.get(key, key)
     if key not in DATASETS:
         aliases = ", ".join(f"{a} -> {c}" for a, c in ALIASES.items())
+        own = "npz" if name.lower().endswith(".npz") else \
+            "folder" if os.path.isdir(name) else None
         raise ValueError(
             f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)} "
-            f"(aliases: {aliases})"
+            f"(aliases: {aliases}); your own data: npz:PATH (an .npz archive) or folder:PATH "
+            f"(image sub-folders, one per class)" + (f", e.g. {own}:{name}" if own else "")
         )
     return key
 

@@ -124,7 +124,7 @@ class LoopConfig:
     stop: str = ""
     stop_options: tuple = ()
     stop_set_size: int = 1000
-    train: train_lib.TrainConfig = train_lib.TrainConfig()
+    train: train_lib.TrainConfig = train_lib.TrainConfig(batch_size=32)   # the CLI's
     distributed: bool = False
     coordinator_address: Optional[str] = None
     num_processes: Optional[int] = None
@@ -166,6 +166,8 @@ class LoopConfig:
                 raise ValueError(f"{name} must be an integer, got {v!r}")
             if name == "seed" and v < 0:
                 raise ValueError(f"seed must be a non-negative integer, got {v}")
+            if name == "seed" and v >= 2**63:    # jax.random.key takes an int64
+                raise ValueError(f"seed must be below 2**63 (a 64-bit signed integer), got {v}")
             if name != "seed" and v <= 0:
                 raise ValueError(f"{name} must be positive, got {v}")
         for name in ("sequential", "download"):
@@ -719,7 +721,7 @@ def resume(run: RunSetup, wd: Workdir, oracle: RecordingOracle, log: Callable[[s
     variables = fresh
     if done >= 0:
         variables = Variables(*wd.load_variables(done, fresh))
-        log(f"resuming {wd.path} after cycle {done} ({int(state.labeled.sum())} labels)")
+        log(f"resuming {wd.path} after cycle {done + 1} ({int(state.labeled.sum())} labels)")
     for note in wd.notes:
         log(f"repaired {note}")
     memory = records.read_json(wd.file("stopping.json")) if wd.persistent and \

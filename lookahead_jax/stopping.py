@@ -179,7 +179,7 @@ def _stabilizing(opts: StabilizingOptions, obs: Observation, memory: dict):
     pred = np.argmax(obs.stop_probs, -1)
     prev = memory.get("previous")
     streak = int(memory.get("streak", 0))
-    kappa = float("nan")
+    kappa = None        # no previous model to agree with yet: nothing to record
     if prev is not None:
         kappa = cohen_kappa(np.asarray(prev), pred, obs.stop_probs.shape[1])
         streak = streak + 1 if kappa >= opts.threshold else 0

@@ -148,9 +148,12 @@ def test_plain_function_runs_mlmoc_and_random_and_badge_is_refused(shape, monkey
     for s in ("mlmoc", "random"):
         _check(loop.run(_config(s), None, dataset=ds, model=model, log=lambda m: None), ds)
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    # the hint names the user's own adapter and the signature it takes (issue 24, item 6)
     with pytest.raises(ValueError, match=r"strategy 'badge' needs the model's `embed\(params, "
-                                         r"state, x\) -> \(n, D\)` \(penultimate features\); "
-                                         r"model 'plain' does not provide it"):
+                                         r"x\) -> \(n, D\)` \(penultimate features\); "
+                                         r"model 'plain' does not provide it \(give it to the "
+                                         r"adapter: models.from_function\(f, \.\.\., "
+                                         r"embed=embed\) with embed\(params, x\)"):
         loop.run(_config("badge"), None, dataset=ds, model=model, log=lambda m: None)
 
 
@@ -200,3 +203,86 @@ def test_strategies_see_the_same_model_interface():
         query_size=5, key=jax.random.key(0))
     sel = strategies.get("bald")(ctx)
     assert sel.info == {"fallback": 0.0} and len(set(sel.indices.tolist())) == 5
+
+
+class NNXPlain(nnx.Module):
+    """Linear-ReLU-Linear, no dropout: BALD needs the readout (readout-only MC dropout)."""
+
+    def __init__(self, d_in: int, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(d_in, 16, rngs=rngs)
+        self.out = nnx.Linear(16, C, rngs=rngs)
+
+    def features(self, x):
+        return jax.nn.relu(self.hidden(x.reshape(x.shape[0], -1)))
+
+    def blocks(self, x):
+        h = self.features(x)
+        return (h, self.out(h))
+
+    def __call__(self, x):
+        return self.out(self.features(x))
+
+
+def _bald_context(model, v, ds):
+    return strategies.AcquisitionContext(
+        model=model, params=v.params, state=v.state, x_labeled=ds.x_train[:10],
+        y_labeled=ds.y_train[:10], x_candidates=ds.x_train[10:40], num_classes=C,
+        query_size=5, key=jax.random.key(0))
+
+
+def test_nnx_bald_hint_names_from_nnx_and_its_readout_runs_bald():
+    """Before: an NNX model with bald was told models.from_linen(module, readout=...), and
+    from_nnx had no readout, so NNX users could not run BALD at all."""
+    ds = _dataset(TABULAR)
+    model, v = models.from_nnx(NNXPlain(12, nnx.Rngs(0)), embed="features")
+    with pytest.raises(ValueError) as e:
+        strategies.get("bald")(_bald_context(model, v, ds))
+    assert "models.from_nnx(module, readout='ATTRIBUTE')" in str(e.value)
+    assert "from_linen" not in str(e.value)
+    net = NNXPlain(12, nnx.Rngs(0))
+    model, v = models.from_nnx(net, embed="features", readout="out")
+    w, b = model.readout(v.params)
+    np.testing.assert_array_equal(w, net.out.kernel[...])
+    np.testing.assert_array_equal(b, net.out.bias[...])
+    x = ds.x_test[:6]
+    # the readout is the head: embed @ W + b is the model's output (float32 sums of 16
+    # products of O(1) terms: 1e-5 covers their rounding)
+    np.testing.assert_allclose(model.embed(v.params, v.state, x) @ w + b[None],
+                               model.apply(v.params, v.state, x), rtol=1e-5, atol=1e-5)
+    sel = strategies.get("bald")(_bald_context(model, v, ds))
+    assert sel.info["fallback"] == 1.0 and len(set(sel.indices.tolist())) == 5
+    with pytest.raises(ValueError, match="has no parameters at 'head' for readout"):
+        models.from_nnx(net, readout="head")
+    with pytest.raises(ValueError, match="has no kernel and bias"):
+        models.from_nnx(NNXNet(12, nnx.Rngs(0)), readout="norm")
+
+
+def test_nnx_block_features_for_ll4al():
+    ds = _dataset(TABULAR)
+    net = NNXPlain(12, nnx.Rngs(0))
+    model, v = models.from_nnx(net, block_features="blocks")
+    x = ds.x_test[:5]
+    feats = model.block_features(v.params, v.state, x)
+    want = net.blocks(x)
+    assert len(feats) == 2
+    for f, g in zip(feats, want):
+        np.testing.assert_array_equal(f, g)
+    _, _, aux = model.train_apply(v.params, v.state, x, jax.random.key(1))
+    for f, g in zip(aux["block_features"], want):       # no dropout: the same features
+        np.testing.assert_allclose(f, g, rtol=1e-6)
+    with pytest.raises(ValueError, match="has no method 'blockz' for block_features"):
+        models.from_nnx(net, block_features="blockz")
+
+
+def test_a_plain_function_can_give_bald_its_readout():
+    ds = _dataset(TABULAR)
+    base = _plain(TABULAR)
+    params = base.init(jax.random.key(0), None).params
+
+    def embed(p, x):
+        return jnp.tanh(x.reshape(x.shape[0], -1) @ p["w1"] + p["b1"][None])
+
+    model = models.from_function(lambda p, x: base.apply(p, {}, x), params=params,
+                                 embed=embed, readout=lambda p: (p["w2"], jnp.zeros(C)))
+    sel = strategies.get("bald")(_bald_context(model, model.init(None, None), ds))
+    assert len(set(sel.indices.tolist())) == 5

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import weakref
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
@@ -48,6 +49,83 @@ def collect_sown(tree: Mapping) -> tuple:
             val = v[-1] if isinstance(v, (tuple, list)) else v
             out.append(val.reshape(val.shape[0], -1))
     return tuple(out)
+
+
+# ============================================================================ hints
+
+_BUILT_BY: "weakref.WeakKeyDictionary[Model, str]" = weakref.WeakKeyDictionary()
+
+# A piece's signature as each adapter takes it (the Model's own: base.PIECES).
+_SIGNATURES = {
+    "from_function": {
+        "embed": "`embed(params, x) -> (n, D)` (penultimate features)",
+        "mc_apply": "`mc_apply(params, x, key) -> (n, C)` (a stochastic, MC-dropout forward)",
+        "block_features": "`block_features(params, x)` (per-block features)",
+    },
+}
+
+# How to give a missing piece to the adapter that built the model.
+_HOW = {
+    "from_function": {
+        "embed": "give it to the adapter: models.from_function(f, ..., embed=embed) with "
+                 "embed(params, x) -> (n, D)",
+        "readout": "give it to the adapter: models.from_function(f, ..., readout=readout) "
+                   "with readout(params) -> (W (D, C), b (C,))",
+        "mc_apply": "give it to the adapter: models.from_function(f, ..., mc_apply=mc_apply) "
+                    "with mc_apply(params, x, key) -> (n, C)",
+        "block_features": "give it to the adapter: models.from_function(f, ..., "
+                          "block_features=fn) with fn(params, x) -> a tuple of (n, d_l)",
+    },
+    "from_nnx": {
+        "embed": "give it to the adapter: models.from_nnx(module, embed='METHOD'), a method "
+                 "of the module returning (n, D) features",
+        "readout": "give it to the adapter: models.from_nnx(module, readout='ATTRIBUTE'), "
+                   "the module's last nnx.Linear (or readout=fn, fn(params) -> (W, b))",
+        "mc_apply": "models.from_nnx gives it to a module that holds nnx.Dropout layers: "
+                    "add one (e.g. before the readout)",
+        "block_features": "give it to the adapter: models.from_nnx(module, "
+                          "block_features='METHOD'), a method returning a tuple of (n, d_l)",
+        "init": "give the adapter factory=lambda rngs: YourModule(..., rngs=rngs)",
+    },
+    "from_linen": {
+        "embed": "give it to the adapter: models.from_linen(module, embed='METHOD'), a "
+                 "method returning (n, D) features (or embed(module, variables, x))",
+        "readout": "give it to the adapter: models.from_linen(module, readout=('Dense_1',)), "
+                   "the path of its last Dense layer in params (or readout(params) -> (W, b))",
+        "mc_apply": "give it to the adapter: models.from_linen(module, mc_kwargs={...}), the "
+                    "__call__ keywords that turn dropout on (e.g. {'mc_dropout': True})",
+        "block_features": "give it to the adapter: models.from_linen(module, "
+                          "features_collection='NAME'), the collection it sows per-block "
+                          "features into",
+    },
+    "from_equinox": {
+        "embed": "give it to the adapter: models.from_equinox(model, embed='METHOD'), a "
+                 "method giving one example's (D,) features",
+    },
+}
+
+
+def _made_by(model: Model, adapter: str) -> Model:
+    _BUILT_BY[model] = adapter
+    return model
+
+
+def piece_text(model: Model, piece: str, default: str) -> str:
+    """The signature of ``piece`` as the adapter that built ``model`` takes it."""
+    return _SIGNATURES.get(_BUILT_BY.get(model, ""), {}).get(piece, default)
+
+
+def how_to_give(model: Model, piece: str) -> str:
+    """What the user does to give ``model`` the missing ``piece``, in the words of the
+    adapter that built it (a hand-built Model: the Model field)."""
+    adapter = _BUILT_BY.get(model)
+    how = _HOW.get(adapter or "", {}).get(piece)
+    if how is not None:
+        return how
+    if adapter is not None:
+        return (f"models.{adapter} cannot give it; build the Model with it: "
+                f"models.Model(name, apply, ..., {piece}=...)")
+    return f"give it to the Model: models.Model(name, apply, ..., {piece}=...)"
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -152,8 +230,8 @@ def from_linen(module, *, name: Optional[str] = None, train_kwarg: Optional[str]
             return collect_sown(upd[features_collection])
         pieces["block_features"] = block_features
 
-    return Model(name=name, apply=apply, init=init, train_apply=train_apply,
-                 meta=dict(meta or {}), **pieces)
+    return _made_by(Model(name=name, apply=apply, init=init, train_apply=train_apply,
+                          meta=dict(meta or {}), **pieces), "from_linen")
 
 
 # ============================================================================ Flax NNX
@@ -161,6 +239,8 @@ def from_linen(module, *, name: Optional[str] = None, train_kwarg: Optional[str]
 
 def from_nnx(module, *, name: Optional[str] = None, embed: Optional[str] = None,
              factory: Optional[Callable[[Any], Any]] = None,
+             readout: Union[str, Sequence[str], Callable, None] = None,
+             block_features: Optional[str] = None,
              meta: Optional[Mapping[str, Any]] = None) -> tuple[Model, Variables]:
     """A Flax NNX module as a :class:`Model`, with its current weights as the variables.
 
@@ -179,6 +259,12 @@ def from_nnx(module, *, name: Optional[str] = None, embed: Optional[str] = None,
         evaluation mode).
       factory: ``factory(nnx.Rngs(key)) -> module`` to draw fresh weights in ``init``
         (cold starts); without it ``init`` returns the module's own weights for any key.
+      readout: the last linear layer (BALD): the attribute holding it (``"head"``, or a
+        path such as ``("blocks", "out")``), whose ``kernel`` ``(D, C)`` and ``bias``
+        ``(C,)`` are read from ``params``; or ``readout(params) -> (W, b)``.
+      block_features: the name of a method returning a tuple of per-block features
+        ``(n, d_l)`` (LL4AL); in training it runs on a training-mode copy of the module
+        (its state updates are dropped), so ``aux["block_features"]`` has them too.
       meta: see :class:`Model`.
 
     Returns:
@@ -212,7 +298,14 @@ def from_nnx(module, *, name: Optional[str] = None, embed: Optional[str] = None,
             keys = jax.random.split(key, len(streams))
             nnx.reseed(m, **dict(zip(streams, keys)))
         logits = m(x)
-        return logits, split_state(m), {}
+        aux = {}
+        if block_features is not None:
+            f = merged(params, state)
+            f.train()
+            if streams:
+                nnx.reseed(f, **dict(zip(streams, keys)))
+            aux["block_features"] = _flat_features(getattr(f, block_features)(x))
+        return logits, split_state(m), aux
 
     def init(key, x):
         del x
@@ -233,6 +326,38 @@ def from_nnx(module, *, name: Optional[str] = None, embed: Optional[str] = None,
             return getattr(m, embed)(x)
         pieces["embed"] = embed_method
 
+    for piece, method in (("embed", embed), ("block_features", block_features)):
+        if method is not None and not callable(getattr(module, method, None)):
+            raise ValueError(f"NNX module {name} has no method {method!r} for {piece}")
+    if block_features is not None:
+        def block_features_method(params, state, x):
+            m = merged(params, state)
+            m.eval()
+            return _flat_features(getattr(m, block_features)(x))
+        pieces["block_features"] = block_features_method
+
+    if callable(readout):
+        pieces["readout"] = readout
+    elif readout is not None:
+        path = (readout,) if isinstance(readout, str) else tuple(readout)
+        node = params0
+        for k in path:
+            if k not in node:
+                raise ValueError(f"NNX module {name} has no parameters at {'.'.join(path)!r} "
+                                 f"for readout; its top-level parameters: "
+                                 f"{', '.join(map(str, node))}")
+            node = node[k]
+        if "kernel" not in node or "bias" not in node:
+            raise ValueError(f"readout {'.'.join(path)!r} of NNX module {name} has no kernel "
+                             "and bias: give the attribute of its last nnx.Linear")
+
+        def readout_at(params):
+            node = params
+            for k in path:
+                node = node[k]
+            return _value(node["kernel"]), _value(node["bias"])
+        pieces["readout"] = readout_at
+
     if has_dropout:
         def mc_apply(params, state, x, key):
             m = merged(params, state)
@@ -246,9 +371,19 @@ def from_nnx(module, *, name: Optional[str] = None, embed: Optional[str] = None,
             return m(x)
         pieces["mc_apply"] = mc_apply
 
-    model = Model(name=name, apply=apply, init=init, train_apply=train_apply,
-                  meta=dict(meta or {}), **pieces)
+    model = _made_by(Model(name=name, apply=apply, init=init, train_apply=train_apply,
+                           meta=dict(meta or {}), **pieces), "from_nnx")
     return model, Variables(params0, state0)
+
+
+def _value(v):
+    """An NNX variable's array (``Param.value``), or the array itself."""
+    return v[...] if isinstance(v, nnx.Variable) else v
+
+
+def _flat_features(feats) -> tuple:
+    """Per-block features as a tuple of ``(n, d_l)``."""
+    return tuple(f.reshape(f.shape[0], -1) for f in feats)
 
 
 # ============================================================================ plain function
@@ -257,6 +392,9 @@ def from_nnx(module, *, name: Optional[str] = None, embed: Optional[str] = None,
 def from_function(f: Callable[[PyTree, Array], Array], *, params: PyTree = None,
                   init: Optional[Callable[[Array, Array], PyTree]] = None,
                   embed: Optional[Callable[[PyTree, Array], Array]] = None,
+                  readout: Optional[Callable[[PyTree], tuple]] = None,
+                  mc_apply: Optional[Callable[[PyTree, Array, Array], Array]] = None,
+                  block_features: Optional[Callable[[PyTree, Array], tuple]] = None,
                   name: str = "function",
                   meta: Optional[Mapping[str, Any]] = None) -> Model:
     """A plain ``f(params, x) -> (n, C)`` as a :class:`Model` (no state, no dropout).
@@ -266,6 +404,9 @@ def from_function(f: Callable[[PyTree, Array], Array], *, params: PyTree = None,
       params: the weights ``init`` returns for every key (when ``init`` is not given).
       init: ``init(key, x) -> params`` drawing fresh weights (optional).
       embed: ``embed(params, x) -> (n, D)`` penultimate features (optional).
+      readout: ``readout(params) -> (W (D, C), b (C,))``, the last linear layer (BALD).
+      mc_apply: ``mc_apply(params, x, key) -> (n, C)``, a stochastic forward (BALD).
+      block_features: ``block_features(params, x) -> tuple of (n, d_l)`` (LL4AL).
       name: the model's name.
     """
     if init is None and params is None:
@@ -275,9 +416,13 @@ def from_function(f: Callable[[PyTree, Array], Array], *, params: PyTree = None,
     def init_fn(key, x):
         return Variables(params if init is None else init(key, x), {})
 
-    embed_fn = None if embed is None else (lambda p, s, x: embed(p, x))
-    return Model(name=name, apply=lambda p, s, x: f(p, x), init=init_fn, embed=embed_fn,
-                 meta=dict(meta or {}))
+    def stateless(fn):
+        return None if fn is None else (lambda p, s, *a: fn(p, *a))
+
+    return _made_by(Model(name=name, apply=lambda p, s, x: f(p, x), init=init_fn,
+                          embed=stateless(embed), readout=readout,
+                          mc_apply=stateless(mc_apply), block_features=stateless(block_features),
+                          meta=dict(meta or {})), "from_function")
 
 
 # ============================================================================ Equinox
@@ -338,5 +483,6 @@ def from_equinox(model, *, name: Optional[str] = None, embed: Optional[str] = No
             return batch(getattr(m, embed), x)
         pieces["embed"] = embed_method
 
-    return (Model(name=name, apply=apply, init=init, train_apply=train_apply,
-                  meta=dict(meta or {}), **pieces), Variables(params0, {}))
+    return (_made_by(Model(name=name, apply=apply, init=init, train_apply=train_apply,
+                           meta=dict(meta or {}), **pieces), "from_equinox"),
+            Variables(params0, {}))

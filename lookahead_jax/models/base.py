@@ -106,9 +106,11 @@ def require(model: Model, piece: str, who: str) -> Callable:
     """``model.<piece>``, or a ``ValueError`` naming the missing piece and who needs it."""
     fn = getattr(model, piece, None)
     if fn is None:
-        raise ValueError(f"{who} needs the model's {PIECES.get(piece, piece)}; model "
-                         f"{model.name!r} does not provide it (give it to the adapter, e.g. "
-                         f"models.from_linen(module, {piece}=...))")
+        from lookahead_jax.models import adapters   # the words of the adapter that built it
+        raise ValueError(f"{who} needs the model's "
+                         f"{adapters.piece_text(model, piece, PIECES.get(piece, piece))}; "
+                         f"model {model.name!r} does not provide it "
+                         f"({adapters.how_to_give(model, piece)})")
     return fn
 
 
