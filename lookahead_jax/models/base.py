@@ -173,7 +173,7 @@ def _evaluate(model: Model, params, state, x):
 
 
 def check_outputs(model: Model, num_classes: int, x, variables: Optional[Variables] = None,
-                  *, who: str = "the loop") -> None:
+                  *, who: Optional[str] = None) -> None:
     """Refuses a model whose evaluation outputs are not ``(n, C)`` logits, before any work.
 
     Traced, never run (``jax.eval_shape``: no FLOPs, the trace is cached per model and
@@ -185,7 +185,7 @@ def check_outputs(model: Model, num_classes: int, x, variables: Optional[Variabl
       model: the model; num_classes: C of the data.
       x: ``(N, ...)`` inputs of the data (only the shape of the first two is used).
       variables: the parameters and state to trace with (default: ``init``'s).
-      who: who asks, for the message (``"strategy 'entropy'"``).
+      who: who asks, for the message (``"strategy 'entropy'"``), if not the loop.
 
     Raises:
       ValueError: one line naming the model, the shape it returns and the one it must.
@@ -195,13 +195,13 @@ def check_outputs(model: Model, num_classes: int, x, variables: Optional[Variabl
         return
     xb = jax.ShapeDtypeStruct((n,) + tuple(x.shape[1:]), x.dtype)
     if variables is None:
-        init = require(model, "init", who)
+        init = require(model, "init", who or "the active-learning loop")
         variables = Variables(*jax.eval_shape(
             init, jax.random.key(0), jax.ShapeDtypeStruct((1,) + xb.shape[1:], x.dtype)))
     out = jax.eval_shape(functools.partial(_evaluate, model), variables.params,
                          variables.state, xb)
     want = (n, int(num_classes))
-    head = f"{who}: model {model.name!r}'s apply"
+    head = (f"{who}: " if who else "") + f"model {model.name!r}: apply"
     if not hasattr(out, "shape"):
         raise ValueError(f"{head} returns {type(out).__name__} for {n} inputs; it must "
                          f"return one {want} array of logits (one row per input, one column "
