@@ -205,7 +205,8 @@ class FileOracle:
             if diff:
                 i = diff[0]
                 notes.append(f"{path} was changed after its labels were taken in: "
-                             f"{len(diff)} label{'s differ' if len(diff) != 1 else ' differs'} (index "
+                             f"{len(diff)} label{'s differ' if len(diff) != 1 else ' differs'}"
+                             " (index "
                              f"{i}: recorded {self._name(known[i])}, the file now says "
                              f"{self._name(taken[i])}); recorded labels are never changed: "
                              "to relabel, use a new --workdir")

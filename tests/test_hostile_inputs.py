@@ -416,3 +416,33 @@ def test_nan_outputs_are_blamed_on_the_model_not_the_learning_rate():
                                                  r"any training step, for \d+ of 16 labeled "
                                                  r"inputs .* not the learning rate"):
         train.fit(state, x, np.arange(16) % 3, cfg, key=jax.random.key(1))
+
+
+def test_the_loop_says_what_loading_skipped_and_which_answer_file_was_edited(tmp_path,
+                                                                           monkeypatch):
+    x = np.random.default_rng(6).normal(size=(40, 4))
+    ds = data.from_arrays(x, None, num_classes=2, notes=("folder:pics: skipped 2 hidden",))
+    cfg = loop.LoopConfig(strategy="random", oracle="files", cycles=2, initial_size=4,
+                          query_size=2, subset_size=4)
+    w = str(tmp_path / "w")
+    said = []
+    with pytest.raises(oracles.LabelsNeeded) as need:
+        loop.run(cfg, w, dataset=ds, log=said.append)
+    assert said[0] == "folder:pics: skipped 2 hidden"
+    with open(need.value.request, newline="") as fh:
+        asked = [int(r["index"]) for r in csv.DictReader(fh)]
+    answer = tmp_path / "w" / "labels" / "initial.csv"
+    answer.write_text("index,label\n" + "".join(f"{i},{k % 2}\n" for k, i in enumerate(asked)))
+
+    def stop(*a, **k):
+        raise RuntimeError("stop before training")
+    monkeypatch.setattr(train, "fit", stop)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        loop.run(cfg, w, dataset=ds, log=said.append)       # the answers are recorded
+    answer.write_text("index,label\n" + "".join(f"{i},{1 - k % 2}\n"
+                                                  for k, i in enumerate(asked)))
+    said.clear()
+    with pytest.raises(RuntimeError, match="stop before training"):
+        loop.run(cfg, w, dataset=ds, log=said.append)
+    changed = [s for s in said if "was changed after its labels were taken in" in s]
+    assert len(changed) == 1 and "4 labels differ" in changed[0], said

@@ -16,6 +16,6 @@ from lookahead_jax.models.networks import (CNN, MLP, MODELS, ResNet18, WideResNe
                                            create_model, get_model)
 
 __all__ = ["CNN", "MLP", "MODELS", "PIECES", "Bound", "Model", "ResNet18", "Variables",
-           "WideResNet", "apply_in_chunks", "as_pytree_fn", "check_outputs", "collect_sown", "create_model",
-           "from_equinox", "from_function", "from_linen", "from_nnx", "get_model",
-           "require"]
+           "WideResNet", "apply_in_chunks", "as_pytree_fn", "check_outputs", "collect_sown",
+           "create_model", "from_equinox", "from_function", "from_linen", "from_nnx",
+           "get_model", "require"]
