@@ -310,6 +310,12 @@ def validate_config(config: LoopConfig, pool_size: Optional[int] = None, *,
     if config.query_size > config.subset_size:
         raise ValueError(f"query_size ({config.query_size}) is larger than subset_size "
                          f"({config.subset_size}): cannot select more points than are scored")
+    if config.max_train is not None and not config.dataset.startswith(data.SOURCE_PREFIXES) \
+            and config.max_train < labeled_capacity(config):
+        raise ValueError(f"max_train ({config.max_train}) keeps fewer pool examples than the "
+                         f"run labels: initial_size + (cycles - 1) * query_size = "
+                         f"{labeled_capacity(config)}; raise --max_train or lower "
+                         "--initial_size, --cycles or --query_size")
     if pool_size is not None:
         n0 = config.initial_size if num_initial is None else num_initial
         need = labeled_capacity(config, n0)
@@ -489,15 +495,16 @@ def setup(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
     if model is not None:
         config = dataclasses.replace(config, model=model.name, model_kwargs=())
     validate_config(config, model=model)
+    data.check_workdir(config.dataset, workdir)
     if dataset is None:
         dataset = load_config_dataset(config)
     else:
         data.validate_dataset(dataset)
     pool = int(dataset.x_train.shape[0])
-    initial = initial_indices(config, dataset)
     given = config.initial_set == "auto" and dataset.given is not None and dataset.given.any()
     options = validate_config(config, pool, model=model,
-                              num_initial=initial.size if given else None)
+                              num_initial=int(np.sum(dataset.given)) if given else None)
+    initial = initial_indices(config, dataset)
     _check_labels(dataset)
     strategy = strategies.get(config.strategy)
     if model is None:
@@ -506,6 +513,7 @@ def setup(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
     models.require(model, "init", "the active-learning loop")
     if strategy.wrap_model is not None:
         model = strategy.wrap_model(model, options)
+    models.check_outputs(model, dataset.num_classes, dataset.x_train)
     criteria = stopping.parse(config.stop, {c: dict(o) for c, o in config.stop_options})
     stop_set = None
     if any(c.needs_stop_set for c, _ in criteria):
@@ -706,6 +714,7 @@ def resume(run: RunSetup, wd: Workdir, oracle: RecordingOracle, log: Callable[[s
     config, ds = run.config, run.dataset
     pool = int(ds.x_train.shape[0])
     state = ALState(labeled=np.zeros(pool, bool), labels=np.full(pool, -1, np.int32))
+    check_initial_set(wd, run.initial)
     if ds.given is not None and config.initial_set == "auto" and np.any(ds.given):
         oracle.record_given(run.initial, ds.y_train[run.initial])
         labels0 = ds.y_train[run.initial]
@@ -727,6 +736,26 @@ def resume(run: RunSetup, wd: Workdir, oracle: RecordingOracle, log: Callable[[s
     memory = records.read_json(wd.file("stopping.json")) if wd.persistent and \
         os.path.exists(wd.file("stopping.json")) else {}
     return state.replace(cycle=done + 1), variables, queries, memory
+
+
+def check_initial_set(wd: Workdir, initial: np.ndarray) -> None:
+    """Refuses a starting set that is not the one the workdir's run started from (the
+    pool's given labels edited while a request is out): its queries were drawn from it."""
+    rows = wd.rows("labels")
+    start = {int(r["index"]) for r in rows if r.get("cycle") == -1}
+    now = set(np.asarray(initial).tolist())
+    later = any(r.get("cycle", -1) >= 0 for r in rows) or wd.cycle_done() >= 0 or \
+        wd.pending() is not None
+    if not start or start == now or (start < now and not later):   # a batch cut short
+        return
+    new, gone = sorted(now - start), sorted(start - now)
+    what = (f"pool item {new[0]} is newly labeled" if new else
+            f"pool item {gone[0]} is no longer labeled")
+    raise records.RecordError(
+        f"the pool's starting labels changed under the run: {wd.file('labels.jsonl')} "
+        f"started from {len(start)} labeled items, the pool now gives {len(now)} ({what}); "
+        "the run's queries were drawn from its starting set: undo the edit (label the "
+        "requested items in labels/ instead) or use a new --workdir")
 
 
 def check_queries(queries: list, known: Mapping[int, int], pool: int, num_classes: int,
@@ -854,6 +883,9 @@ def _open(run: RunSetup, wd: Workdir, log: Callable[[str], None]) -> tuple:
     wd.check_pool(pool_info(run.dataset))
     wd.recover()
     rec = RecordingOracle(run.oracle, wd, run.dataset.num_classes)
+    changed = getattr(run.oracle, "changed_answers", None)
+    for note in list(run.dataset.notes) + (changed(rec.known) if changed else []):
+        log(note)
     if run.train.batch_size < run.config.train.batch_size:
         log(f"[{run.config.strategy}] train.batch_size {run.config.train.batch_size} is "
             f"more than the most labels this run will have: batches of "
@@ -1046,6 +1078,7 @@ def run_strategies(config: LoopConfig, names: Sequence[str], workdir: Optional[s
         s, config.strategy_options, names)) for s in names}
     for c in configs.values():
         validate_config(c, model=model)
+    data.check_workdir(config.dataset, workdir)
     if dataset is None:
         dataset = load_config_dataset(config)
     for s, c in configs.items():

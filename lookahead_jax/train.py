@@ -273,8 +273,11 @@ def fit(state: TrainState, x: np.ndarray, y: np.ndarray, config: TrainConfig, *,
       ``(state, mean target loss of the last epoch)``.
 
     Raises:
-      FloatingPointError: the objective became non-finite (diverged).
+      FloatingPointError: the objective became non-finite: saying what is NaN (the
+        inputs, the model's outputs before any step, the starting parameters) when the
+        learning rate is not the cause, else that training diverged.
     """
+    start = state
     n = int(x.shape[0])
     if n == 0:
         raise ValueError("cannot train on an empty labeled set")
@@ -299,6 +302,10 @@ def fit(state: TrainState, x: np.ndarray, y: np.ndarray, config: TrainConfig, *,
         last = float(jnp.mean(jnp.stack(targets)))
         objective = float(jnp.mean(jnp.stack(totals)))
         if not (np.isfinite(last) and np.isfinite(objective)):
+            cause = nan_cause(start, x_dev)
+            if cause is not None:
+                raise FloatingPointError(f"training stopped at epoch {epoch} (loss {last}): "
+                                         f"{cause}")
             raise FloatingPointError(
                 f"training diverged at epoch {epoch}: loss {last}"
                 + (f", objective {objective}" if aux_loss is not None else "")
@@ -306,6 +313,34 @@ def fit(state: TrainState, x: np.ndarray, y: np.ndarray, config: TrainConfig, *,
         if progress is not None:
             progress(epoch, last)
     return state, last
+
+
+def nan_cause(state: TrainState, x) -> Optional[str]:
+    """Why training's loss is NaN when the learning rate is not to blame, or ``None``.
+
+    Looks (only once a loss is non-finite) at what the first step started from: the
+    inputs ``x`` ``(n, ...)``, the starting parameters, and the model's outputs on ``x``
+    at those parameters.
+    """
+    n = int(x.shape[0])
+    bad_x = np.asarray(jax.device_get(~jnp.isfinite(x).reshape(n, -1).all(-1)))
+    if bad_x.any():
+        return (f"the labeled inputs hold NaN or inf ({int(bad_x.sum())} of {n} examples, "
+                f"first: labeled example {int(np.argmax(bad_x))}); fix the data, not the "
+                "learning rate")
+    leaves = jax.tree.leaves(state.params)
+    if any(not bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves
+           if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)):
+        return ("the starting parameters hold NaN or inf (a warm start from a diverged "
+                "network, or the model's init); the learning rate is not the cause")
+    out = predict(state.model, state.variables, x)
+    bad = np.asarray(jax.device_get(~jnp.isfinite(out).reshape(n, -1).all(-1)))
+    if bad.any():
+        return (f"the model's outputs are NaN or inf before any training step, for "
+                f"{int(bad.sum())} of {n} labeled inputs (first: labeled example "
+                f"{int(np.argmax(bad))}) whose values are finite: the model (its init or "
+                "apply) makes them, not the learning rate; check it")
+    return None
 
 
 def predict(model: Model, variables: Variables, x, batch_size: int = 1000) -> jax.Array:

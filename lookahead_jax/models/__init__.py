@@ -11,11 +11,11 @@
 from lookahead_jax.models.adapters import (collect_sown, from_equinox, from_function,
                                            from_linen, from_nnx)
 from lookahead_jax.models.base import (PIECES, Bound, Model, Variables, apply_in_chunks,
-                                       as_pytree_fn, require)
+                                       as_pytree_fn, check_outputs, require)
 from lookahead_jax.models.networks import (CNN, MLP, MODELS, ResNet18, WideResNet,
                                            create_model, get_model)
 
 __all__ = ["CNN", "MLP", "MODELS", "PIECES", "Bound", "Model", "ResNet18", "Variables",
-           "WideResNet", "apply_in_chunks", "as_pytree_fn", "collect_sown", "create_model",
-           "from_equinox", "from_function", "from_linen", "from_nnx", "get_model",
-           "require"]
+           "WideResNet", "apply_in_chunks", "as_pytree_fn", "check_outputs", "collect_sown",
+           "create_model", "from_equinox", "from_function", "from_linen", "from_nnx",
+           "get_model", "require"]

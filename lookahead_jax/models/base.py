@@ -34,6 +34,7 @@ and reuse it across cycles, so compiled code is reused.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
@@ -166,3 +167,59 @@ def apply_in_chunks(fn: Callable, params: PyTree, x: Array, chunk_size: int = 10
             xb = jnp.concatenate([xb, jnp.zeros((chunk - m,) + xb.shape[1:], xb.dtype)])
         outs.append(_call(f, params, xb)[:m])
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _evaluate(model: Model, params, state, x):
+    return model.apply(params, state, x)
+
+
+def check_outputs(model: Model, num_classes: int, x, variables: Optional[Variables] = None,
+                  *, who: Optional[str] = None) -> None:
+    """Refuses a model whose evaluation outputs are not ``(n, C)`` logits, before any work.
+
+    Traced, never run (``jax.eval_shape``: no FLOPs, the trace is cached per model and
+    shape): ``apply`` on ``n = min(2, len(x))`` inputs must give a float ``(n,
+    num_classes)`` array: not ``(n,)``, not ``C − 1`` columns, not one row for any batch.
+    Without ``variables`` the model's ``init`` is traced too.
+
+    Args:
+      model: the model; num_classes: C of the data.
+      x: ``(N, ...)`` inputs of the data (only the shape of the first two is used).
+      variables: the parameters and state to trace with (default: ``init``'s).
+      who: who asks, for the message (``"strategy 'entropy'"``), if not the loop.
+
+    Raises:
+      ValueError: one line naming the model, the shape it returns and the one it must.
+    """
+    n = min(2, int(x.shape[0]))
+    if n == 0:
+        return
+    xb = jax.ShapeDtypeStruct((n,) + tuple(x.shape[1:]), x.dtype)
+    if variables is None:
+        init = require(model, "init", who or "the active-learning loop")
+        variables = Variables(*jax.eval_shape(
+            init, jax.random.key(0), jax.ShapeDtypeStruct((1,) + xb.shape[1:], x.dtype)))
+    out = jax.eval_shape(functools.partial(_evaluate, model), variables.params,
+                         variables.state, xb)
+    want = (n, int(num_classes))
+    head = (f"{who}: " if who else "") + f"model {model.name!r}: apply"
+    if not hasattr(out, "shape"):
+        raise ValueError(f"{head} returns {type(out).__name__} for {n} inputs; it must "
+                         f"return one {want} array of logits (one row per input, one column "
+                         "per class)")
+    shape = tuple(out.shape)
+    if shape == want and jnp.issubdtype(out.dtype, jnp.floating):
+        return
+    if shape == want:
+        raise ValueError(f"{head} returns {out.dtype} logits; they must be floats")
+    if len(shape) != 2:
+        fix = "one row per input, one column per class"
+    elif shape[0] != n:
+        fix = (f"one row per input: it returns {shape[0]} row{'s' if shape[0] != 1 else ''} "
+               "(does it reduce over the batch?)")
+    else:
+        fix = (f"one column per class: the data have {num_classes} classes, it gives "
+               f"{shape[1]} (build it with num_classes={num_classes})")
+    raise ValueError(f"{head} returns shape {shape} for {n} inputs; it must return {want}: "
+                     f"{fix}")

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lookahead_jax.models import Bound, Model, apply_in_chunks
+from lookahead_jax.models import Bound, Model, Variables, apply_in_chunks, check_outputs
 from lookahead_jax.numerics import entropy  # noqa: F401  (re-exported for the strategies)
 
 PyTree = Any
@@ -146,7 +146,8 @@ def validate_context(ctx: AcquisitionContext, who: str) -> None:
     Checks: at least one candidate; ``1 <= query_size <= U``; C ≥ 2; labels integers in
     ``[0, C)`` matching the labeled inputs; the same per-example shape for labeled and
     candidate inputs; finite inputs (one flag per array, computed on the device, comes to
-    the host in one explicit transfer).
+    the host in one explicit transfer); the model's outputs ``(n, C)``
+    (:func:`~lookahead_jax.models.check_outputs`, traced, not run).
     """
     U, L = ctx.num_candidates, ctx.num_labeled
     q = ctx.query_size
@@ -173,6 +174,8 @@ def validate_context(ctx: AcquisitionContext, who: str) -> None:
         if not bool(ok):
             what = f"labels outside [0, {C})" if name == "y_labeled" else "NaN or inf values"
             raise ValueError(f"{who}: {name} holds {what}")
+    check_outputs(ctx.model, int(C), ctx.x_candidates, Variables(ctx.params, ctx.state),
+                  who=who)
 
 
 @functools.partial(jax.jit, static_argnames=("k",))

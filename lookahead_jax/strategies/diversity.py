@@ -86,7 +86,7 @@ def kmeans_pp_outer(g: Array, h: Array, key: Array, k: int) -> Array:
     def d2_to(j):
         return jnp.maximum(sq + sq[j] - 2.0 * (g @ g[j]) * (h @ h[j]), 0.0)
 
-    first = jnp.argmax(sq)
+    first = jnp.argmax(sq).astype(jnp.int32)     # int64 under jax_enable_x64
     taken = jnp.zeros(sq.shape, bool).at[first].set(True)
     chosen = jnp.zeros((k,), jnp.int32).at[0].set(first)
 
@@ -195,12 +195,15 @@ def coreset_strategy(ctx: AcquisitionContext) -> Selection:
     """Core-set: k-center greedy on penultimate features (Sener & Savarese, 2018).
 
     Centres are initialised with the labeled set (padded to ``ctx.labeled_capacity``:
-    one compilation per run). ``scores``: each candidate's distance to the nearest
-    labeled point. Cost: forward passes over L and U, then
+    one compilation per run); with no labeled point (L = 0) the first pick is the first
+    candidate, as in :func:`kcenter_greedy`. ``scores``: each candidate's distance to the
+    nearest labeled point (0 when L = 0). Cost: forward passes over L and U, then
     O(U·L·D + query_size·U·D) time, O(U·(D + 512)) memory.
     """
     h_u = embeddings(ctx, ctx.x_candidates)
-    h_l = pad_rows(embeddings(ctx, ctx.x_labeled), ctx.capacity)
+    h_l = embeddings(ctx, ctx.x_labeled) if ctx.num_labeled else \
+        jnp.zeros((0, h_u.shape[1]), h_u.dtype)
+    h_l = pad_rows(h_l, ctx.capacity)
     idx, dist = kcenter_greedy(h_u, h_l, int(ctx.query_size),
                                num_labeled=jnp.int32(ctx.num_labeled))
     return Selection(indices=np.asarray(jax.device_get(idx), np.int64), scores=dist)
