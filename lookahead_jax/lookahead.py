@@ -63,7 +63,7 @@ with no new kernel evaluations (all of Θ among L ∪ U is already there):
   * every remaining candidate is re-scored: O(E·U·C) (O(E·U) for MLMOC, below).
   The U × U update runs in place (the state is donated to a second jitted call, after
   the step's vectors are read in a first one). Measured on 2 shared CPU cores
-  (benchmarks/lookahead_bench.py): one step at L = 1000, U = 4000 ≈ 14 ms, ≈ 170×
+  (benchmarks/lookahead_bench.py): one step at L = 1000, U = 4000 ≈ 13 ms, ≈ 45×
   faster than refactorising and re-scoring from scratch.
   Predictions between steps are the linearised model's. Scores at step 0 use the
   network f_L as the reference (exactly the batch scores, Eq. 13 with the r-term); from
