@@ -194,7 +194,7 @@ def test_permutation_chunk_and_padding_invariance(kind):
 @pytest.mark.parametrize("resid", [True, False], ids=["r", "r0"])
 def test_duplicate_candidate_is_clamped(resid):
     """Candidate 0 duplicates labeled point 0: its Schur complement u is exactly 0 and is
-    clamped (MATH.md, "Guard u"). Then v = K⁻¹k = e₀, so a(x, x′) = Θ(x, X)v − Θ(x, x′) = 0
+    clamped (docs/ALGEBRA.md A4). Then v = K⁻¹k = e₀, so a(x, x′) = Θ(x,X)v − Θ(x,x′) = 0
     at every x: its look-ahead changes nothing beyond f^lin_L, and its MLMOC score is
     Σ_i ‖f^lin_L(x_i) − f(x_i)‖ (measured agreement 1.2e-10 relative: a(x, x′) is zero
     up to rounding, times c ∝ 1/(u_floor·κ)). With r = 0 that is 0 (measured 4.3e-10,

@@ -409,7 +409,7 @@ def test_benchmark_quick(tmp_path):
             ("structured", "jacobian", "jvp_vjp"), "ok"), name
         times = {i: r["median_s"] for i, r in impls.items()}
         assert case["best"] == min(times, key=times.get) and case["best_s"] == min(times.values())
-    # The reported counts against MATH.md, by hand: the quick MLP is 784-32-32-10 with
+    # The reported counts against docs/ALGEBRA.md A13, by hand: the quick MLP is 784-32-32-10 with
     # biases, 12 × 10 pairs; the structured contraction costs 2·n1·n2·Σ_l (fan_in +
     # fan_out + 1) and there are Σ_l (fan_in + 1)·fan_out parameters.
     mlp = data["cases"]["mlp_500x500"]
