@@ -2,42 +2,23 @@
 
 Folded biases (``(a·a' + 1)(δ·δ')`` and bias rows ``Σ_s δ_s``), the small feature
 steps of conv nets, and the cost summary used by the benchmarks. Every kernel is checked
-in float64 against ``jacrev`` of the raveled parameters (tests/test_ntk.py's twin).
+in float64 against ``jacrev`` of the raveled parameters (tests/twins.py).
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax import lax
 
 from lookahead_jax.ntk import empirical as ntk_lib
 from lookahead_jax.ntk import empirical_ntk_fn, ntk_features
-from jax.flatten_util import ravel_pytree
 
 from lookahead_jax.ntk import structured as st
+from twins import brute_force_ntk, rel_err
 
 OUTPUTS = ("first_logit", "full")
 IMPLS = ("structured", "jacobian")
-
-
-def brute_force_ntk(f, params, x1, x2, output):
-    """Slow, obviously-correct twin: jacrev of the raveled parameters, contracted."""
-    flat, unravel = ravel_pytree(params)
-
-    def g(p, x):
-        out = f(unravel(p), x)
-        return out[:, :1] if output == "first_logit" else out
-
-    full = jnp.einsum("ikp,jlp->ijkl", jax.jacrev(g)(flat, x1), jax.jacrev(g)(flat, x2))
-    return full if output == "full" else full[:, :, 0, 0]
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 @pytest.fixture
