@@ -243,7 +243,7 @@ def test_sequential_label_out_of_range_is_refused():
     with pytest.raises(ValueError, match=r"label_fn returned 7 .* integers in \[0, 4\)"):
         strategies.get("mlmoc")(make_context(label_fn=lambda j: 7))
 
-# ----------------------------------------------------------------------------- look-ahead strategies
+# ---------------------------------------------------------------------------- look-ahead strategies
 # (moved from tests/test_lookahead.py) The look-ahead strategies of
 # lookahead_jax/strategies/ntk_lookahead.py end to end: greedy and sequential picks against
 # the stepwise float64 twin, float32 scores against the float64 loop twin (tests/twins.py).
