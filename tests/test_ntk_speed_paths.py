@@ -142,7 +142,7 @@ def test_folded_bias_vs_brute_force(x64, name, implementation):
     x = _normal(51, (5, *shape))
     f = NETS[name]
     for output in OUTPUTS:
-        ref = brute_force_ntk(f, params, x[:3], x[3:], output)
+        ref = brute_force_ntk(f, params, x[:3], x[3:], output, jit=False)
         k = empirical_ntk_fn(f, output=output, implementation=implementation)(
             params, x[:3], x[3:])
         assert rel_err(k, ref) <= 1e-12, (output, rel_err(k, ref))
@@ -169,7 +169,7 @@ def test_flax_biases_folded(x64):
                             (leaves, x[:1]))
     layers, fallback = st.analyse(prog, len(leaves))
     assert len(layers) == 3 and all(l.bias is not None for l in layers) and not fallback
-    full = brute_force_ntk(f, params, x[:3], x[3:], "full")
+    full = brute_force_ntk(f, params, x[:3], x[3:], "full", jit=False)
     refs = {"first_logit": full[:, :, 0, 0], "trace": jnp.einsum("ijkk->ij", full),
             "full": full}
     for output, ref in refs.items():
@@ -191,7 +191,7 @@ def test_small_feature_steps_equal_whole_batch(x64, monkeypatch, step_bytes):
     """Conv nets compute features a few examples per call (bounded intermediates)."""
     params, shape = _params("conv_bias")
     x = _normal(54, (7, *shape))
-    ref = brute_force_ntk(conv_bias, params, x[:4], x[4:], "first_logit")
+    ref = brute_force_ntk(conv_bias, params, x[:4], x[4:], "first_logit", jit=False)
     whole = empirical_ntk_fn(conv_bias)(params, x[:4], x[4:])
     monkeypatch.setattr(ntk_lib, "_STEP_BYTES", step_bytes)
     monkeypatch.setattr(ntk_lib, "_PLANS", {})
@@ -228,9 +228,11 @@ def test_single_program_path_matches_and_does_not_recompile(x64):
     n_before = ntk_lib._kernel_fused_jit._cache_size()
     k = fn(params, x, x[:4])
     assert ntk_lib._kernel_fused_jit._cache_size() == n_before + 1   # took the fused path
-    assert rel_err(k, brute_force_ntk(mlp_bias, params, x, x[:4], "first_logit")) <= 1e-12
+    assert rel_err(k, brute_force_ntk(mlp_bias, params, x, x[:4], "first_logit",
+                                      jit=False)) <= 1e-12
     sym = fn(params, x)
-    assert rel_err(sym, brute_force_ntk(mlp_bias, params, x, x, "first_logit")) <= 1e-12
+    assert rel_err(sym, brute_force_ntk(mlp_bias, params, x, x, "first_logit",
+                                        jit=False)) <= 1e-12
     n_after = ntk_lib._kernel_fused_jit._cache_size()
     params2 = jax.tree.map(lambda a: a * 1.5, params)
     fn(params2, x + 1.0, x[1:5]).block_until_ready()

@@ -45,10 +45,11 @@ def max_rel(a, b):
 # ----------------------------------------------------------------------------- NTK
 
 
-def brute_force_ntk(f, params, x1, x2, output):
+def brute_force_ntk(f, params, x1, x2, output, jit=True):
     """Slow, obviously-correct twin: jacrev of the raveled parameters, contracted. The
-    jacrev is jitted: the same arithmetic in float64, 1.4-3.2x less CPU than op by op on
-    the four FLAX networks of tests/test_ntk.py."""
+    jacrev is jitted by default: the same arithmetic in float64, 1.4-3.2x less CPU than op
+    by op on the four FLAX networks of tests/test_ntk.py (``jit=False``: op by op, for
+    the tiny networks of tests/test_ntk_speed_paths.py, where compiling costs more)."""
     flat_p, unravel = ravel_pytree(params)
 
     def g(p, x):
@@ -59,7 +60,7 @@ def brute_force_ntk(f, params, x1, x2, output):
             return out.sum(-1, keepdims=True) / np.sqrt(out.shape[-1])
         return out
 
-    jac = jax.jit(jax.jacrev(g))
+    jac = jax.jit(jax.jacrev(g)) if jit else jax.jacrev(g)
     j1 = jac(flat_p, x1)
     j2 = j1 if x2 is x1 else jac(flat_p, x2)
     full = jnp.einsum("ikp,jlp->ijkl", j1, j2)
