@@ -11,6 +11,13 @@ cores. Per acquisition, side by side in one run:
       candidate, then score MLMOC on the 4000 evaluation points; timed on a random sample
       of candidates and extrapolated to 4000 (stated in the JSON).
 
+Data, f_L and the naive retraining come from the library: images through
+``lookahead_jax.data.load_dataset`` (MNIST; ``--quick``: the embedded digits), f_L trained
+by ``lookahead_jax.train.fit``, and (c) is ``lookahead_jax.strategies.sgd_lookahead``'s
+naive look-ahead, one candidate per call. Timing, machine info and the JSON writing are
+benchmarks/common.py's. (The committed JSON was recorded before this: its f_L and naive
+retraining were this file's own momentum-SGD loop on MNIST read from the archives.)
+
 Plus one sequential step (add a label, re-score 4000 candidates) at L = 1000 versus
 refactorising and re-scoring from scratch, and the whole-pool scale case (U = 60,000,
 pool = evaluation set, MLP 784-1024-1024-10) that streams Θ(U, U) in column blocks from
@@ -35,12 +42,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import importlib
 import io
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -51,13 +56,18 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # benchmarks/common.py
+import common  # noqa: E402
+from common import block, timed  # noqa: E402  (timing with warm-up and medians)
+from lookahead_jax import data  # noqa: E402
 from lookahead_jax import lookahead as la  # noqa: E402
 from lookahead_jax import models, ntk  # noqa: E402
 from lookahead_jax import strategies  # noqa: E402
+from lookahead_jax import train as train_lib  # noqa: E402
+from lookahead_jax.strategies import sgd_lookahead  # noqa: E402
 from lookahead_jax.models import apply_in_chunks as predict_in_chunks  # noqa: E402
 from lookahead_jax.strategies import AcquisitionContext, ntk_lookahead  # noqa: E402
 
@@ -70,66 +80,59 @@ MNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "shared", "data", "mnist")
 
 
-def load_mnist(n: int, seed: int):
-    """``n`` MNIST training images (n, 28, 28, 1) in [0, 1] and labels; random if absent."""
+def load_images(n: int, seed: int, quick: bool = False):
+    """``n`` training images ``(n, H, W, 1)`` and labels through :mod:`lookahead_jax.data`.
+
+    MNIST (``data.load_dataset("mnist")`` from the archives in shared/, standardised by
+    the library); ``quick``: the embedded 8×8 digits (no TensorFlow, seconds). When MNIST
+    cannot be loaded (no TensorFlow, no archives) random images of MNIST's shape,
+    standardised by ``data.from_arrays``. Returns ``(x, y, source)``.
+    """
+    name = "digits" if quick else "mnist"
     try:
-        with gzip.open(os.path.join(MNIST_DIR, "train-images-idx3-ubyte.gz")) as f:
-            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
-        with gzip.open(os.path.join(MNIST_DIR, "train-labels-idx1-ubyte.gz")) as f:
-            y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int32)
-        idx = np.random.RandomState(seed).permutation(len(x))[:n]
-        return (x[idx].astype(np.float32) / 255.0 - 0.1307) / 0.3081, y[idx], "mnist"
-    except OSError:
+        ds = data.load_dataset(name, manual_dir=MNIST_DIR, max_train=n, max_test=10,
+                               seed=seed)
+        return ds.x_train, ds.y_train, name
+    except (ImportError, data.DatasetUnavailableError, OSError) as e:
+        print(f"note: {name} unavailable ({str(e).splitlines()[0]}); timing on random "
+              "images", file=sys.stderr)
         rng = np.random.RandomState(seed)
-        return rng.randn(n, 28, 28, 1).astype(np.float32), rng.randint(0, 10, n), "random"
-
-
-def block(x):
-    return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
-                        else a, x)
-
-
-def timed(fn, *a, repeat=1, **kw):
-    """``fn``'s output and its median wall time over ``repeat`` calls after a warm-up."""
-    out = fn(*a, **kw)
-    block(out)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = block(fn(*a, **kw))
-        times.append(time.perf_counter() - t0)
-    return out, float(np.median(times))
+        ds = data.from_arrays(rng.randn(n, 28, 28, 1).astype(np.float32),
+                              rng.randint(0, 10, n), num_classes=10)
+        return ds.x_train, ds.y_train, "random"
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def make_trainer(model, lr, batch_size):
-    opt = optax.sgd(lr, momentum=0.9)
+def train_f_l(model, variables, x, y, cfg, lr, seed):
+    """f_L: the library's trainer (:func:`lookahead_jax.train.fit`: SGD, momentum 0.9,
+    one-cycle schedule, squared loss, no weight decay); returns the trained params."""
+    config = train_lib.TrainConfig(epochs=cfg["train_epochs"], batch_size=cfg["batch_size"],
+                                   learning_rate=lr, momentum=0.9, weight_decay=0.0,
+                                   loss="mse")
+    state = train_lib.create_train_state(model, variables, config)
+    state, _ = train_lib.fit(state, x, y, config, key=jax.random.PRNGKey(seed))
+    return state.params
 
-    @jax.jit
-    def step(params, opt_state, x, y):
-        def loss(p):
-            out = model.apply(p, {}, x)
-            return 0.5 * jnp.mean(jnp.sum((out - jax.nn.one_hot(y, 10)) ** 2, -1))
-        g = jax.grad(loss)(params)
-        upd, opt_state = opt.update(g, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state
 
-    def fit(params, x, y, epochs, seed):
-        rng = np.random.RandomState(seed)
-        state = opt.init(params)
-        n = len(x)
-        for _ in range(epochs):
-            perm = rng.permutation(n)
-            for s in range(0, n, batch_size):
-                idx = perm[s:s + batch_size]
-                if len(idx) < batch_size:          # fixed shapes: pad by resampling
-                    idx = np.concatenate([idx, rng.choice(n, batch_size - len(idx))])
-                params, state = step(params, state, x[idx], y[idx])
-        return params
+def naive_scores(f, params, x_l, y_l, x_c, y_c, x_e, f_e, epochs, batch_size, lr, seed):
+    """The library's naive look-ahead (:mod:`lookahead_jax.strategies.sgd_lookahead`) for
+    the candidates ``x_c`` with pseudo-labels ``y_c``, one call each: ``epochs`` epochs of
+    plain SGD from f_L on L ∪ {(x', y')} (one shared shuffle), then MLMOC over ``x_e``.
+    Returns a function ``j -> score of candidate j`` (device scalar)."""
+    idx, w = sgd_lookahead.sgd_schedule(len(x_l) + 1, batch_size, epochs,
+                                        np.random.default_rng(seed))
+    fn = models.as_pytree_fn(f)
+    idx, w = jnp.asarray(idx), jnp.asarray(w)
+    x_l, y_l = jnp.asarray(x_l), jnp.asarray(y_l, jnp.int32)
 
-    return fit
+    def one(j):
+        return sgd_lookahead._sgd_lookahead_chunk(
+            fn, params, x_l, y_l, x_c[j:j + 1], y_c[j:j + 1], idx, w,
+            jnp.int32(idx.shape[0]), jnp.float32(lr), x_e, f_e)[0]
+
+    return one
 
 
 # ----------------------------------------------------------------------------- (b) w/o block
@@ -150,13 +153,12 @@ def context(model, params, x_l, y_l, x_u, q, capacity, **options):
 
 def per_acquisition(cfg, res):
     L, U, q = cfg["L"], cfg["U"], cfg["query"]
-    x, y, source = load_mnist(L + U + cfg["L_seq"], cfg["seed"])
+    x, y, source = load_images(L + U + cfg["L_seq"], cfg["seed"], cfg["quick"])
     res["data"] = source
     model = models.get_model("mlp", 10, widths=tuple(cfg["widths"]))
-    variables = {"params": model.init(jax.random.PRNGKey(cfg["seed"]), x[:1]).params}
-    fit = make_trainer(model, cfg["lr"], cfg["batch_size"])
+    variables = model.init(jax.random.PRNGKey(cfg["seed"]), x[:1])
     t0 = time.perf_counter()
-    params = fit(variables["params"], x[:L], y[:L], cfg["train_epochs"], cfg["seed"])
+    params = train_f_l(model, variables, x[:L], y[:L], cfg, cfg["lr"], cfg["seed"])
     res["train_f_L_s"] = time.perf_counter() - t0
     f = model.bind({})
     res["f_L_train_acc"] = float(np.mean(np.argmax(np.asarray(
@@ -204,26 +206,21 @@ def per_acquisition(cfg, res):
     # (c) naive retraining on a random sample of candidates, extrapolated to U.
     rng = np.random.RandomState(cfg["seed"])
     sample = rng.choice(U, cfg["naive_sample"], replace=False)
-    yhat = np.asarray(jnp.argmax(f_u, -1))
-    fit(params, np.concatenate([x_l, x_u[:1]]), np.concatenate([y_l, yhat[:1]]),
-        1, 0)                                                      # compile
-    pred = jax.jit(lambda p, xx: model.apply(p, {}, xx))
-    pred(params, jnp.asarray(x_u)).block_until_ready()
+    yhat = jnp.argmax(f_u, -1).astype(jnp.int32)
+    naive = naive_scores(f, params, x_l, y_l, jnp.asarray(x_u), yhat, jnp.asarray(x_u), f_u,
+                         cfg["naive_epochs"], cfg["batch_size"], cfg["naive_lr"], cfg["seed"])
+    block(naive(int(sample[0])))                                   # compile
     t0 = time.perf_counter()
-    naive_scores = []
-    for j in sample:
-        p_new = fit(params, np.concatenate([x_l, x_u[j:j + 1]]),
-                    np.concatenate([y_l, yhat[j:j + 1]]), cfg["naive_epochs"], int(j))
-        new = pred(p_new, jnp.asarray(x_u))
-        naive_scores.append(float(jnp.sum(jnp.linalg.norm(new - f_u, axis=-1))))
+    scores_naive = [float(naive(int(j))) for j in sample]
     per_cand = (time.perf_counter() - t0) / len(sample)
     res["naive_per_candidate_s"] = per_cand
     res["naive_s_extrapolated"] = per_cand * U
-    res["naive_note"] = (f"timed {len(sample)} random candidates (15 epochs SGD each, batch "
-                         f"{cfg['batch_size']}, momentum 0.9, + MLMOC on {U} eval points) "
-                         f"and extrapolated x{U}")
+    res["naive_note"] = (f"timed {len(sample)} random candidates, one call each "
+                         f"(strategies/sgd_lookahead.py: {cfg['naive_epochs']} epochs plain "
+                         f"SGD, lr {cfg['naive_lr']}, batch {cfg['batch_size']}, + MLMOC on "
+                         f"{U} eval points) and extrapolated x{U}")
     res["naive_vs_block_scores_spearman_on_sample"] = _spearman(
-        np.asarray(naive_scores), sel.scores[sample])
+        np.asarray(scores_naive), sel.scores[sample])
     res["speedup_block_vs_naive"] = res["naive_s_extrapolated"] / t_block
     res["speedup_block_vs_no_block"] = res["no_block_s"] / t_block
     res["speedup_block_vs_no_block_algebra_only"] = t_nb / t_alg
@@ -293,11 +290,10 @@ def sequential_step(cfg, res, f, params, x, y):
 def scale(cfg, res):
     """Whole pool: U = E = pool size, streaming Θ(U, U) column blocks from features."""
     n_pool, L = cfg["pool"], cfg["L"]
-    x, y, _ = load_mnist(n_pool + L, cfg["seed"] + 1)
+    x, y, _ = load_images(n_pool + L, cfg["seed"] + 1, cfg["quick"])
     model = models.get_model("mlp", 10, widths=tuple(cfg["scale_widths"]))
-    variables = {"params": model.init(jax.random.PRNGKey(1), x[:1]).params}
-    fit = make_trainer(model, cfg["scale_lr"], cfg["batch_size"])
-    params = fit(variables["params"], x[:L], y[:L], cfg["train_epochs"], 0)
+    variables = model.init(jax.random.PRNGKey(1), x[:1])
+    params = train_f_l(model, variables, x[:L], y[:L], cfg, cfg["scale_lr"], 0)
     f = model.bind({})
     res["scale_f_L_train_acc"] = float(np.mean(np.argmax(np.asarray(
         predict_in_chunks(f, params, jnp.asarray(x[:L]))), -1) == y[:L]))
@@ -610,6 +606,7 @@ def main(argv=None):
                scale_widths=[1024, 1024], pool=59900, chunk=256, scale_chunk=256,
                naive_sample=20, naive_epochs=15, repeats=5, batch_size=32, lr=0.01,
                scale_lr=0.01, train_epochs=100,
+               naive_lr=sgd_lookahead.NaiveOptions().lr, quick=a.quick,
                seed=0, scale_fraction=a.scale_fraction or 0.05,
                phase_repeats=a.phase_repeats or 5, phase_U=[4000, 500])
     if a.quick:
@@ -622,16 +619,12 @@ def main(argv=None):
     sides = [side_from_ref(a.after_ref, "after") if a.after_ref else current_side()]
     if a.before_ref:
         sides.insert(0, side_from_ref(a.before_ref, "before"))
-    res = {"quick": a.quick, "machine": {"platform": platform.platform(),
-                                         "processor": platform.processor(),
-                                         "cpu_count": os.cpu_count(),
-                                         "cpu_affinity": sorted(os.sched_getaffinity(0)),
-                                         "jax": jax.__version__,
-                                         "devices": [str(d) for d in jax.devices()]},
+    res = {"quick": a.quick, "machine": common.machine_info(),
            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-           "config": cfg, "load_avg_start": os.getloadavg(),
-           "network": f"MLP 784-{'-'.join(map(str, cfg['widths']))}-10, squared loss, "
-                      f"SGD(momentum 0.9) {cfg['train_epochs']} epochs on L",
+           "config": cfg, "load_avg_start": common.load_avg(),
+           "network": f"MLP {64 if a.quick else 784}-{'-'.join(map(str, cfg['widths']))}-10, "
+                      f"squared loss, SGD(momentum 0.9, one-cycle; lookahead_jax.train) "
+                      f"{cfg['train_epochs']} epochs on L",
            "kernel": "first_logit (ntk.py, implementation auto)"}
     per = {}
     t0 = time.perf_counter()
@@ -644,7 +637,7 @@ def main(argv=None):
         scale(cfg, sc)
         res["scale"] = sc
     res["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    res["load_avg_end"] = os.getloadavg()
+    res["load_avg_end"] = common.load_avg()
     res["wall_s"] = time.perf_counter() - t0
     res["targets"] = {
         "block_vs_naive>=1000x": per["speedup_block_vs_naive"] >= 1000,
@@ -653,9 +646,7 @@ def main(argv=None):
         "seq_step_vs_scratch>=50x": per["speedup_seq_step_vs_scratch"] >= 50,
         "scale_peak_rss<8GiB": res["peak_rss_gib"] < 8,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as fh:
-        json.dump(res, fh, indent=2)
+    common.write_json(out_path, res, indent=2)
     print(json.dumps(res, indent=2))
 
 

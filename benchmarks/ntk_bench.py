@@ -4,7 +4,7 @@ Run (full, ~10 min on 2 shared CPU cores; writes benchmarks/results/ntk_bench_cp
 
     python benchmarks/ntk_bench.py
 
-Smoke run with tiny sizes (used by tests/test_ntk.py):
+Smoke run with tiny sizes (used by tests/test_benchmarks.py):
 
     python benchmarks/ntk_bench.py --quick --out /tmp/ntk_bench_quick.json
 
@@ -17,10 +17,7 @@ set (Θ_LL, Θ_UL, Θ_UU) of the look-ahead strategies.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +28,8 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # benchmarks/common.py
+import common  # noqa: E402
 from lookahead_jax import ntk as ntk_lib  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "golden"
@@ -114,27 +113,8 @@ def make_wrn(base=16, widths=(32, 64, 128), strides=(1, 2, 2), cin=3, classes=10
 
 # ----------------------------------------------------------------------------- timing
 def _time(fn, repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    jax.block_until_ready(fn())                       # warm-up
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        ts.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(ts), "min_s": min(ts), "runs": ts,
-            "first_call_s": first, "compile_s_est": max(first - statistics.median(ts), 0.0)}
-
-
-def matmul_peak(n=4096, repeats=5):
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    mm = jax.jit(jnp.matmul)
-    r = _time(lambda: mm(a, b), repeats)
-    r["gflops"] = 2 * n ** 3 / r["median_s"] / 1e9
-    r["n"] = n
-    return r
+    """First call, one warm-up, ``repeats`` timed calls (benchmarks/common.py)."""
+    return common.time_calls(fn, repeats, warmup=1)
 
 
 def contraction_flops(feats1, feats2):
@@ -212,7 +192,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     q = args.quick
     repeats = args.repeats or (1 if q else 5)
-    load_before = os.getloadavg()
+    load_before = common.load_avg()
     t_start = time.time()
     mlp = make_mlp((32, 32)) if q else make_mlp()
     cnn = make_cnn((4, 8)) if q else make_cnn()
@@ -242,11 +222,8 @@ def main(argv=None):
         "what": "single-logit empirical NTK, float32, jitted pieces; median of timed calls "
                 "after compile + warm-up; compare shared/golden/nt_timing.json",
         "quick": q,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "jax": jax.__version__,
-                    "backend": jax.default_backend(), "devices": len(jax.devices()),
-                    "loadavg_before": load_before},
-        "matmul_peak": matmul_peak(512 if q else 4096, repeats),
+        "machine": common.machine_info(loadavg_before=load_before),
+        "matmul_peak": common.matmul_peak(512 if q else 4096, repeats),
         "cases": {}, "cycle": {},
     }
     print(f"matmul peak {result['matmul_peak']['gflops']:.1f} GFLOP/s", flush=True)
@@ -259,10 +236,9 @@ def main(argv=None):
             n_l, n_u = 6, 20
         result["cycle"][name] = bench_cycle(name, f, p, shape, n_l, n_u,
                                             max(3, repeats // 2) if not q else 1, 100 + seed)
-    result["machine"]["loadavg_after"] = os.getloadavg()
+    result["machine"]["loadavg_after"] = common.load_avg()
     result["wall_s"] = time.time() - t_start
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    common.write_json(args.out, result, indent=1)
     print(f"wrote {args.out}")
 
 

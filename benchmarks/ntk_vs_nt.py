@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -63,6 +62,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # benchmarks/common.py
+import common  # noqa: E402  (stdlib only at import: the NT children import it too)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "ntk_vs_nt_cpu.json"
@@ -85,16 +87,10 @@ def _inputs(nt_timing, net, n1, n2, seed):
 
 
 def _time_calls(call, reps):
-    """(warm-up seconds, timed seconds): one warm-up call, then ``reps`` timed calls."""
-    t = time.perf_counter()
-    call().block_until_ready()
-    warm = time.perf_counter() - t
-    runs = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        call().block_until_ready()
-        runs.append(time.perf_counter() - t)
-    return warm, runs
+    """(warm-up seconds, timed seconds): one warm-up call, then ``reps`` timed calls
+    (benchmarks/common.py's :func:`time_calls`, its first call as the warm-up)."""
+    r = common.time_calls(call, reps, warmup=0)
+    return r["first_call_s"], r["runs"]
 
 
 def _nt_side(apply, params, x1, x2, net, reps):
@@ -154,16 +150,9 @@ def child(args):
 
 def peak_child(n):
     """Float32 matmul GFLOP/s: an n×n jnp matmul, median of 5 timed calls."""
-    import jax
-    import jax.numpy as jnp
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    mm = jax.jit(jnp.matmul)
-    mm(a, b).block_until_ready()
-    _, runs = _time_calls(lambda: mm(a, b), 5)
-    med = statistics.median(runs)
-    print("RESULT " + json.dumps(dict(n=n, runs_s=runs, median_s=med,
-                                      gflops=2 * n ** 3 / med / 1e9)), flush=True)
+    r = common.matmul_peak(n, 5)
+    print("RESULT " + json.dumps(dict(n=n, runs_s=r["runs"], median_s=r["median_s"],
+                                      gflops=r["gflops"])), flush=True)
 
 
 # ----------------------------------------------------------------------------- parent
@@ -216,15 +205,15 @@ def run_case(name, spec, args, tmp):
     net, n1, n2 = spec
     nt_timing.CASES[name] = dict(net=net, n1=n1, n2=n2)
     info = nt_timing.case_info(name)
-    rec = dict(info, nt_method=BEST_NT[net], load_before=list(os.getloadavg()),
+    rec = dict(info, nt_method=BEST_NT[net], load_before=common.load_avg(),
                rounds=[])
-    common = ["--case-spec", net, str(n1), str(n2), "--seed", str(args.seed),
+    case_args = ["--case-spec", net, str(n1), str(n2), "--seed", str(args.seed),
               "--reps", str(args.reps), "--nt-dir", args.nt_dir]
     for r in range(args.rounds):
         paths = {s: os.path.join(tmp, f"{name}_{r}_{s}.npy") for s in ("nt", "ours")}
         rnd = {}
         for side, python in (("nt", args.nt_python), ("ours", sys.executable)):
-            argv = common + ["--child", side, "--kernel-out", paths[side],
+            argv = case_args + ["--child", side, "--kernel-out", paths[side],
                              "--implementation", args.implementation]
             rnd[side] = _run_child(python, argv, args.taskset)
             print(f"  {name} round {r} {side}: {rnd[side].get('status')} "
@@ -232,7 +221,7 @@ def run_case(name, spec, args, tmp):
         rnd["rel_dev_ours_vs_nt"], rnd["median_rel_dev_ours_vs_nt"] = _agreement(
             paths["nt"], paths["ours"])
         rec["rounds"].append(rnd)
-    rec["load_after"] = list(os.getloadavg())
+    rec["load_after"] = common.load_avg()
     nt_s = _median_of([r["nt"] for r in rec["rounds"]])
     ours_s = _median_of([r["ours"] for r in rec["rounds"]])
     devs = [r["rel_dev_ours_vs_nt"] for r in rec["rounds"] if r["rel_dev_ours_vs_nt"] is not None]
@@ -272,29 +261,12 @@ def add_floor(rec, peak_gflops):
 
 
 def machine_info(args):
-    import jax
-    import jaxlib
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return dict(cpu=cpu, n_cpus=os.cpu_count(), platform=platform.platform(),
-                python=platform.python_version(), jax=jax.__version__,
-                jaxlib=jaxlib.__version__, numpy=np.__version__,
-                xla_flags=os.environ.get("XLA_FLAGS", ""), taskset=args.taskset,
-                nt_python=args.nt_python, nt_dir=args.nt_dir,
-                git_commit=_git_commit(),
-                timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-
-
-def _git_commit():
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
-                              capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return None
+    info = common.machine_info(n_cpus=os.cpu_count(), numpy=np.__version__,
+                               taskset=args.taskset, nt_python=args.nt_python,
+                               nt_dir=args.nt_dir)
+    info["cpu"] = info["cpu_model"]
+    info["git_commit"] = info["commit"]
+    return info
 
 
 def measure_peak(args):

@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -70,6 +69,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # benchmarks/common.py
+
+import common  # noqa: E402
 
 from lookahead_jax import data  # noqa: E402
 from lookahead_jax import lookahead as la  # noqa: E402
@@ -286,12 +288,8 @@ def main(argv=None):
     res = dict(
         benchmark="theorem31", quick=args.quick,
         command=" ".join(["python", "benchmarks/theorem31.py"] + list(argv or sys.argv[1:])),
-        machine=dict(platform=platform.platform(), processor=platform.processor(),
-                     cpu_count=os.cpu_count(),
-                     affinity=sorted(os.sched_getaffinity(0)) if hasattr(
-                         os, "sched_getaffinity") else None,
-                     jax=jax.__version__, devices=[str(d) for d in jax.devices()]),
-        load_avg_start=os.getloadavg(), network=dict(
+        machine=common.machine_info(),
+        load_avg_start=common.load_avg(), network=dict(
             kind="one hidden layer, tanh, NTK parameterisation", beta=BETA,
             init="every parameter N(0, 1)", dtype="float64"),
         training=dict(train_kw, loss="0.5 * sum ||f(x) - onehot(y)||^2 (full batch GD)",
@@ -315,11 +313,9 @@ def main(argv=None):
                       f"; converged {r['converged']}; {r['seconds']:.1f} s", flush=True)
                 res["summary"] = summarise(res["runs"])
                 res["not_converged"] = sum(not q["converged"] for q in res["runs"])
-                res["load_avg_end"] = os.getloadavg()
+                res["load_avg_end"] = common.load_avg()
                 res["wall_s"] = time.perf_counter() - t_start
-                os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-                with open(out + ".tmp", "w") as f:
-                    json.dump(res, f, indent=1)
+                common.write_json(out + ".tmp", res, indent=1)
                 os.replace(out + ".tmp", out)
     for p, ks in res["summary"].items():
         for k, ws in ks.items():

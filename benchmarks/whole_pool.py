@@ -26,49 +26,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lookahead_jax import data, models, ntk, rng, strategies, train
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # benchmarks/common.py
+import common  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MNIST = os.path.join(HERE, "..", "..", "shared", "data", "mnist")
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 7) -> float:
-    """Median float32 GFLOP/s of one jitted ``(n, n) @ (n, n)`` on the default device."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    mm = jax.jit(jnp.matmul)
-    mm(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        mm(a, b).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / float(np.median(times)) / 1e9
-
-
-def code_version() -> dict:
-    """The git commit the benchmark ran at, and whether the working tree differed."""
-    import subprocess
-    run = lambda *a: subprocess.run(["git", *a], cwd=HERE, capture_output=True,  # noqa: E731
-                                    text=True).stdout.strip()
-    return dict(commit=run("rev-parse", "HEAD"),
-                dirty=bool(run("status", "--porcelain", "--untracked-files=no")))
-
-
-def machine() -> dict:
-    return dict(platform=platform.platform(), python=platform.python_version(),
-                jax=jax.__version__, devices=[str(d) for d in jax.devices()],
-                cpu_count=os.cpu_count(),
-                affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                else None)
+    """Median float32 GFLOP/s of one jitted ``(n, n) @ (n, n)`` (benchmarks/common.py)."""
+    return common.matmul_peak(n, repeats)["gflops"]
 
 
 def main(argv=None) -> dict:
@@ -88,7 +63,8 @@ def main(argv=None) -> dict:
         a.pool = a.pool or 2000
     out = a.out or (os.path.join("/tmp", "whole_pool_quick.json") if a.quick else
                     os.path.join(HERE, "results", "whole_pool_cpu.json"))
-    res = dict(machine=machine(), code=code_version(), note=a.note, load_avg_start=list(os.getloadavg()),
+    res = dict(machine=common.machine_info(), code=common.git_commit(), note=a.note,
+               load_avg_start=common.load_avg(),
                seed=a.seed, quick=a.quick)
     t_all = time.perf_counter()
 
@@ -146,13 +122,11 @@ def main(argv=None) -> dict:
         res["scores_finite"] = bool(np.all(np.isfinite(scores)))
         res["top_scores"] = [float(s) for s in np.sort(scores)[::-1][:5]]
     res["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    res["load_avg_end"] = list(os.getloadavg())
+    res["load_avg_end"] = common.load_avg()
     res["wall_s"] = time.perf_counter() - t_all
     res["targets"] = {"peak_rss<=8GiB": res["peak_rss_gib"] <= 8,
                       "fraction_of_peak>=0.6": res["fraction_of_peak_whole_acquisition"] >= 0.6}
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        json.dump(res, fh, indent=1)
+    common.write_json(out, res, indent=1)
     print(json.dumps({k: res[k] for k in ("sizes", "acquisition_s", "floor_s_at_peak",
                                           "fraction_of_peak_whole_acquisition",
                                           "peak_rss_gib", "targets")}, indent=1))

@@ -11,7 +11,7 @@ candidate index, a label) go to the device with an explicit ``jax.device_put``
 (:func:`to_device`), never an implicit one: the module runs under
 ``jax.transfer_guard("disallow")`` (tests/test_device_resident.py).
 
-One cycle, from the trained network f_L (MATH.md, "All candidates at once"):
+One cycle, from the trained network f_L (docs/ALGEBRA.md §3, "All candidates at once"):
 
 1. Kernels, once: Θ(X, X) (n × n), Θ(U, X) (U × n), Θ(U, U) (U × U) from the NTK engine;
    optionally a separate evaluation set E with Θ(E, X), Θ(E, U). By default E = U, as in
@@ -50,11 +50,11 @@ targets are n × C) and ``"full"`` ((n, n, C, C), treated as one (n·C) × (n·C
 B = C, targets n·C × 1, every Schur complement is a C × C block, clamped by eigenvalue).
 Internally every kernel is stored flattened as (n·B) × (m·B) with row index i·B + b.
 
-Sequential mode (the paper's "sequential query strategy", MATH.md "Sequential mode"): the
+Sequential mode (the paper's "sequential query strategy", docs/ALGEBRA.md §5): the
 top candidate s is picked, its true label revealed, and the system grows by one point
 with no new kernel evaluations (all of Θ among L ∪ U is already there):
   * Lc gains a row: l = Lc⁻¹ Θ(X, s), d = chol(κ_s + λ − lᵀl), O(n²B²);
-  * the stored matrix A = Θ(E, X) K⁻¹ Θ(X, U) − Θ(E, U) (M − Θ in MATH.md's notation;
+  * the stored matrix A = Θ(E, X) K⁻¹ Θ(X, U) − Θ(E, U) (M − Θ in docs/ALGEBRA.md A10;
     Θ is constant, so A changes exactly as M does) gains the rank-B term
     A ← A + w_E S⁻¹ w_Uᵀ with w = Θ(·, s) − Θ(·, X) K⁻¹ Θ(X, s) = −A[:, s] and
     S = u_s = d² (B = 1: w wᵀ / d²): O(E·U·B²);
@@ -63,7 +63,7 @@ with no new kernel evaluations (all of Θ among L ∪ U is already there):
   * every remaining candidate is re-scored: O(E·U·C) (O(E·U) for MLMOC, below).
   The U × U update runs in place (the state is donated to a second jitted call, after
   the step's vectors are read in a first one). Measured on 2 shared CPU cores
-  (benchmarks/lookahead_bench.py): one step at L = 1000, U = 4000 ≈ 14 ms, ≈ 170×
+  (benchmarks/lookahead_bench.py): one step at L = 1000, U = 4000 ≈ 13 ms, ≈ 45×
   faster than refactorising and re-scoring from scratch.
   Predictions between steps are the linearised model's. Scores at step 0 use the
   network f_L as the reference (exactly the batch scores, Eq. 13 with the r-term); from
@@ -661,7 +661,7 @@ def add_labeled(spec: Spec, state: LookaheadState, j, label) -> LookaheadState:
     """Adds candidate ``j`` with its TRUE ``label`` to the labeled system (sequential).
 
     Extends the Cholesky factor by one block row (l = Lc⁻¹ Θ(X, s), d = chol(κ + λ − lᵀl);
-    O(N²B²), no refactorisation), updates Aᵀ by the rank-B term w_U S⁻¹ w_Eᵀ (MATH.md:
+    O(N²B²), no refactorisation), adds w_U S⁻¹ w_Eᵀ to Aᵀ (rank B; docs/ALGEBRA.md A10:
     M⁺ = M + w wᵀ / d², w = −A[:, s]; O(E·U·B²)), the residuals, the linearised
     predictions on U and E (Eq. 12 with the true label), and marks j picked. No kernel
     entry is computed: Θ(·, s) is read from Θ(U, U).

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lookahead_jax.ntk.infinite import infinite_mlp_kernels
+from twins import jacobian_gram
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 
@@ -65,8 +66,7 @@ def test_expected_finite_ntk_monte_carlo():
              "b1": jax.random.normal(k2, (width,)) * 0.1,
              "w2": jax.random.normal(k3, (width, 1)) * np.sqrt(2 / width)}
         f = lambda p, x: jax.nn.relu(x @ p["w1"] + p["b1"][None]) @ p["w2"]  # noqa: E731
-        j = jax.jacrev(lambda p: f(p, x)[:, 0])(p)
-        return sum(jnp.einsum("i...,j...->ij", v, v) for v in jax.tree.leaves(j))
+        return jacobian_gram(lambda p: f(p, x)[:, 0], p)
 
     ntk_mc = jnp.mean(jax.vmap(one)(jax.random.split(jax.random.key(2), n_init)), axis=0)
     assert _rel(ntk_mc, np.asarray(ntk_inf)) < 0.1

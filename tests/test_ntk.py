@@ -17,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 from lookahead_jax.ntk import empirical as ntk_lib
 from lookahead_jax.ntk import (OUTPUTS, empirical_ntk_fn, kernel_from_features,
                                kernel_set, ntk_features, slice_features)
+from twins import brute_force_ntk, rel_err
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -25,37 +26,6 @@ IMPLS = ("jacobian", "jvp_vjp", "structured", "auto")
 
 
 # ----------------------------------------------------------------------------- helpers
-def brute_force_ntk(f, params, x1, x2, output):
-    """Slow, obviously-correct twin: jacrev of the raveled parameters, contracted. The
-    jacrev is jitted: the same arithmetic in float64, 1.4-3.2x less CPU than op by op on
-    the four FLAX networks below."""
-    flat, unravel = ravel_pytree(params)
-
-    def g(p, x):
-        out = f(unravel(p), x)
-        if output == "first_logit":
-            return out[:, :1]
-        if output == "sum_logits":
-            return out.sum(-1, keepdims=True) / np.sqrt(out.shape[-1])
-        return out
-
-    jac = jax.jit(jax.jacrev(g))
-    j1 = jac(flat, x1)
-    j2 = j1 if x2 is x1 else jac(flat, x2)
-    full = jnp.einsum("ikp,jlp->ijkl", j1, j2)
-    if output == "full":
-        return full
-    if output == "trace":
-        return jnp.einsum("ijkk->ij", full)
-    return full[:, :, 0, 0]
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
-
-
 @pytest.fixture
 def x64():
     with jax.enable_x64(True):
@@ -270,13 +240,12 @@ def test_batchnorm_stats_not_differentiated(x64):
     k = empirical_ntk_fn(f, output="trace")(params, x)
     assert rel_err(k, brute_force_ntk(f, params, x, x, "trace")) <= 1e-14
     feats = ntk_features(f, params, x, output="first_logit", implementation="jacobian")
-    flat, unravel = ravel_pytree(params)
+    flat, _ = ravel_pytree(params)
     assert feats.rows.shape == (6, 1, flat.size)   # params only
     # the rows are the Jacobian's columns in the engine's own order: compare their Gram
-    # (measured 1.5e-16)
-    jac = jax.jacrev(lambda q: f(unravel(q), x)[:, :1])(flat)
+    # with the jacrev Gram of the first logit (measured 1.5e-16)
     assert rel_err(jnp.einsum("icp,jcp->ij", feats.rows, feats.rows),
-                   jnp.einsum("icp,jcp->ij", jac, jac)) <= 1e-14
+                   brute_force_ntk(f, params, x, x, "first_logit")) <= 1e-14
 
 
 def test_default_float32_and_precision():
@@ -391,30 +360,3 @@ def test_sharded_equals_single_device():
         os.remove(env["OUT_NPZ"])
     for key in results[0]:
         np.testing.assert_allclose(results[0][key], results[1][key], rtol=1e-12, atol=1e-12)
-
-
-def test_benchmark_quick(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ntk_bench.py"), "--quick",
-                           "--out", str(out)], env=dict(os.environ, PYTHONPATH=str(REPO)),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
-    data = json.loads(out.read_text())
-    assert data["machine"]["jax"] == jax.__version__
-    assert set(data["cases"]) == {"mlp_500x500", "cnn_200x200", "wrn_100x100"}
-    for name, case in data["cases"].items():
-        impls = case["implementations"]
-        assert {i: r["status"] for i, r in impls.items()} == dict.fromkeys(
-            ("structured", "jacobian", "jvp_vjp"), "ok"), name
-        times = {i: r["median_s"] for i, r in impls.items()}
-        assert case["best"] == min(times, key=times.get) and case["best_s"] == min(times.values())
-    # The reported counts against MATH.md, by hand: the quick MLP is 784-32-32-10 with
-    # biases, 12 × 10 pairs; the structured contraction costs 2·n1·n2·Σ_l (fan_in +
-    # fan_out + 1) and there are Σ_l (fan_in + 1)·fan_out parameters.
-    mlp = data["cases"]["mlp_500x500"]
-    layers = [(784, 32), (32, 32), (32, 10)]
-    assert (mlp["n1"], mlp["n2"]) == (12, 10)
-    assert mlp["n_params"] == sum((a + 1) * b for a, b in layers)
-    assert mlp["implementations"]["structured"]["contraction"]["flops"] == \
-        2 * 12 * 10 * sum(a + b + 1 for a, b in layers)

@@ -2,42 +2,23 @@
 
 Folded biases (``(a·a' + 1)(δ·δ')`` and bias rows ``Σ_s δ_s``), the small feature
 steps of conv nets, and the cost summary used by the benchmarks. Every kernel is checked
-in float64 against ``jacrev`` of the raveled parameters (tests/test_ntk.py's twin).
+in float64 against ``jacrev`` of the raveled parameters (tests/twins.py).
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax import lax
 
 from lookahead_jax.ntk import empirical as ntk_lib
 from lookahead_jax.ntk import empirical_ntk_fn, ntk_features
-from jax.flatten_util import ravel_pytree
 
 from lookahead_jax.ntk import structured as st
+from twins import brute_force_ntk, rel_err
 
 OUTPUTS = ("first_logit", "full")
 IMPLS = ("structured", "jacobian")
-
-
-def brute_force_ntk(f, params, x1, x2, output):
-    """Slow, obviously-correct twin: jacrev of the raveled parameters, contracted."""
-    flat, unravel = ravel_pytree(params)
-
-    def g(p, x):
-        out = f(unravel(p), x)
-        return out[:, :1] if output == "first_logit" else out
-
-    full = jnp.einsum("ikp,jlp->ijkl", jax.jacrev(g)(flat, x1), jax.jacrev(g)(flat, x2))
-    return full if output == "full" else full[:, :, 0, 0]
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 @pytest.fixture
@@ -161,7 +142,7 @@ def test_folded_bias_vs_brute_force(x64, name, implementation):
     x = _normal(51, (5, *shape))
     f = NETS[name]
     for output in OUTPUTS:
-        ref = brute_force_ntk(f, params, x[:3], x[3:], output)
+        ref = brute_force_ntk(f, params, x[:3], x[3:], output, jit=False)
         k = empirical_ntk_fn(f, output=output, implementation=implementation)(
             params, x[:3], x[3:])
         assert rel_err(k, ref) <= 1e-12, (output, rel_err(k, ref))
@@ -188,7 +169,7 @@ def test_flax_biases_folded(x64):
                             (leaves, x[:1]))
     layers, fallback = st.analyse(prog, len(leaves))
     assert len(layers) == 3 and all(l.bias is not None for l in layers) and not fallback
-    full = brute_force_ntk(f, params, x[:3], x[3:], "full")
+    full = brute_force_ntk(f, params, x[:3], x[3:], "full", jit=False)
     refs = {"first_logit": full[:, :, 0, 0], "trace": jnp.einsum("ijkk->ij", full),
             "full": full}
     for output, ref in refs.items():
@@ -210,7 +191,7 @@ def test_small_feature_steps_equal_whole_batch(x64, monkeypatch, step_bytes):
     """Conv nets compute features a few examples per call (bounded intermediates)."""
     params, shape = _params("conv_bias")
     x = _normal(54, (7, *shape))
-    ref = brute_force_ntk(conv_bias, params, x[:4], x[4:], "first_logit")
+    ref = brute_force_ntk(conv_bias, params, x[:4], x[4:], "first_logit", jit=False)
     whole = empirical_ntk_fn(conv_bias)(params, x[:4], x[4:])
     monkeypatch.setattr(ntk_lib, "_STEP_BYTES", step_bytes)
     monkeypatch.setattr(ntk_lib, "_PLANS", {})
@@ -247,9 +228,11 @@ def test_single_program_path_matches_and_does_not_recompile(x64):
     n_before = ntk_lib._kernel_fused_jit._cache_size()
     k = fn(params, x, x[:4])
     assert ntk_lib._kernel_fused_jit._cache_size() == n_before + 1   # took the fused path
-    assert rel_err(k, brute_force_ntk(mlp_bias, params, x, x[:4], "first_logit")) <= 1e-12
+    assert rel_err(k, brute_force_ntk(mlp_bias, params, x, x[:4], "first_logit",
+                                      jit=False)) <= 1e-12
     sym = fn(params, x)
-    assert rel_err(sym, brute_force_ntk(mlp_bias, params, x, x, "first_logit")) <= 1e-12
+    assert rel_err(sym, brute_force_ntk(mlp_bias, params, x, x, "first_logit",
+                                        jit=False)) <= 1e-12
     n_after = ntk_lib._kernel_fused_jit._cache_size()
     params2 = jax.tree.map(lambda a: a * 1.5, params)
     fn(params2, x + 1.0, x[1:5]).block_until_ready()

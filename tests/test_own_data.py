@@ -120,28 +120,6 @@ def test_folder_with_the_files_oracle_for_three_cycles(image_folder, tmp_path):
     assert [m["num_labeled"] for m in metrics] == [24, 29, 34]
 
 
-@pytest.mark.parametrize("problem, content, message", [
-    ("empty", "", "the file is empty"),
-    ("columns", "idx,label\n", "the header must be 'index,label'"),
-    ("extra", "index,label\n{a},0\n{b},1\n999,1\n", "index 999 was not asked for"),
-    ("duplicate", "index,label\n{a},0\n{a},1\n{b},1\n", "labeled twice"),
-    ("missing", "index,label\n{a},0\n", "1 requested item(s) have no label"),
-    ("range", "index,label\n{a},0\n{b},7\n", "label 7 is outside [0, 3)"),
-    ("not_int", "index,label\nx,0\n{b},1\n", "index 'x' is not an integer"),
-    ("row", "index,label\n{a},0,5\n{b},1\n", "expected 2 columns"),
-])
-def test_bad_label_files_are_one_clear_line(problem, content, message, tmp_path):
-    path = tmp_path / "labels.csv"
-    path.write_text(content.format(a=3, b=8))
-    with pytest.raises(ValueError) as e:
-        oracles.read_label_file(str(path), [3, 8], 3, CLASSES)
-    assert message in str(e.value) and str(path) in str(e.value)
-    assert "\n" not in str(e.value)
-    ok = tmp_path / "ok.csv"
-    ok.write_text("index,label\n8,line\n3,0\n")
-    np.testing.assert_array_equal(oracles.read_label_file(str(ok), [3, 8], 3, CLASSES), [0, 2])
-
-
 def _tabular_npz(path: Path, known: float, with_truth: bool):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(150, 6)).astype(np.float32)
@@ -192,16 +170,6 @@ def test_tabular_npz_with_unknown_labels_and_the_files_oracle(tmp_path):
         ledger = records.read_jsonl(str(tmp_path / "w" / s / "labels.jsonl"))
         for r in ledger:
             assert r["label"] == truth[r["index"]]
-
-
-def test_simulated_oracle_refuses_unknown_labels_before_training(tmp_path, monkeypatch):
-    pool = data.from_arrays(np.random.default_rng(0).normal(size=(60, 4)),
-                            np.r_[np.arange(30) % 2, -np.ones(30, int)])
-    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained"))
-    cfg = loop.LoopConfig(dataset="digits", strategy="random", cycles=2, query_size=5,
-                          subset_size=20, train=train.TrainConfig(epochs=1, batch_size=8))
-    with pytest.raises(ValueError, match="30 of the pool's 60 items have unknown labels"):
-        loop.run(cfg, None, dataset=pool, log=lambda s: None)
 
 
 def test_from_arrays_scales_uint8_and_checks_labels():

@@ -1,6 +1,6 @@
 """Empirical neural tangent kernels of any ``f(params, x) -> (n, C)``, in pure JAX.
 
-The look-ahead strategies (paper Eq. 11-13, ``shared/MATH.md``) need the empirical NTK
+The look-ahead strategies (paper Eq. 11-13, ``docs/ALGEBRA.md``) need the empirical NTK
 ``Θ(x, x') = ∇_θ f(x) · ∇_θ f(x')`` of the current network between labeled and candidate
 points. The paper uses the **single-logit** kernel ``Θ(x, x') = ∇_θ f^0(x)·∇_θ f^0(x')``
 (Eq. 11; Wei, Hu & Steinhardt 2022 show that the C-output kernel is close to
@@ -673,7 +673,7 @@ def ntk_features(f: Callable, params: PyTree, x: Array, *, output: str = "first_
 
 
 class KernelSet(NamedTuple):
-    """The three kernel blocks one look-ahead cycle needs (MATH.md, "All candidates").
+    """The three kernel blocks one look-ahead cycle needs (docs/ALGEBRA.md §3).
 
     Shapes are for scalar outputs; ``output="full"`` appends ``(C, C)``.
     """

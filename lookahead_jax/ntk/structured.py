@@ -28,7 +28,7 @@ For a dense layer ``h = a W`` (``a`` of shape ``(S, D_in)`` per example: S > 1 f
 sequence-like inputs), ``∂z/∂W = Σ_s a_s ⊗ δ_s`` and the kernel block between two
 examples is ``Σ_{s,t} (a_s·a'_t)(δ_s·δ'_t)``; for a convolution ``a`` is the matrix of
 input patches (``lax.conv_general_dilated_patches`` with the layer's own geometry) and
-``s`` runs over output positions (MATH.md, last section).
+``s`` runs over output positions (docs/ALGEBRA.md §7, A13-A14).
 """
 
 from __future__ import annotations

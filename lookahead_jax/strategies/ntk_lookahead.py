@@ -313,7 +313,7 @@ def _stack_steps(picks: list, labels: list, clamped: list):
 class LookaheadSession:
     """A look-ahead system over one candidate set, stepped one label at a time, on device.
 
-    The sequential machinery (MATH.md, "Sequential mode") as an object: the kernels and the
+    The sequential machinery (docs/ALGEBRA.md §5) as an object: the kernels and the
     factored system are built once; :meth:`best` picks the most informative available
     candidate, :meth:`absorb` adds it with a label (the rank-one update: no new kernel
     entries, no refactorisation) and re-scoring follows on the next :meth:`scores`;
