@@ -18,8 +18,8 @@ point) and H = Lgᵀ G_t⁻¹ Lg (H = I at step 0; G_t the system after t sequen
   u ← u − w² S⁻¹.
 
 Cost: build O((N + U + E)·k²) (N the labeled capacity: L enters linearly), scores
-O(U·k² + E·U·k) per call (the E·U·k score sums, chunk by chunk), a step O(k² + (U + E)·k);
-memory O((N + U + E)·k + k²): no L × L, U × U or E × U matrix. The scores themselves
+O(E·U·k) per call (the score sums, chunk by chunk, from V_U H kept up to date), a step
+O(k² + (U + E)·k); memory O((N + U + E)·k + k²): no L × L, U × U or E × U matrix. The scores themselves
 (MLMOC, EMOC, EER, label-flip), the clamping of Schur complements, the masks, the padding
 and the meaning of ``ref_is_lin`` are those of :mod:`lookahead_jax.lookahead`, whose
 per-candidate functions are reused, so the two paths agree to rounding on the same
@@ -57,6 +57,7 @@ class FeatureState(NamedTuple):
     lg: Array              # (k, k) lower Cholesky factor of Φ_Xᵀ Φ_X + λI (step 0)
     h: Array               # (k, k) H = Lgᵀ G_t⁻¹ Lg (I at step 0)
     v_u: Array             # (U, k) V_U = Φ_U Lg⁻ᵀ (padded candidates 0)
+    vh_u: Array            # (U, k) V_U H (= V_U at step 0), updated in O(U·k) per step
     n: Array               # () int32 labeled points absorbed
     f_u: Array             # (U, C) network outputs on candidates
     lin_u: Array           # (U, C) linearised predictions
@@ -138,16 +139,15 @@ def _build(spec, Up, precision, phi_l, y_l, f_l, phi_u, f_u, n, jitter, phi_e, f
         ref_e = f_e.astype(dt)
         lin_e = ref_e + mm(v_e, z)
         mask = mask_e.astype(dt)
-    return FeatureState(lg=lg, h=jnp.eye(k, dtype=dt), v_u=v_u, n=n, f_u=fu, lin_u=lin_u,
+    return FeatureState(lg=lg, h=jnp.eye(k, dtype=dt), v_u=v_u, vh_u=v_u, n=n, f_u=fu, lin_u=lin_u,
                         ref_u=fu, kappa=kap, schur=schur, available=cand, mask_e=mask,
                         lam=lam, v_e=v_e, lin_e=lin_e, ref_e=ref_e)
 
 
 def _a_rows(spec: la.Spec, st: FeatureState, start, precision) -> Array:
     """Rows of Aᵀ for candidates ``start : start + chunk``: −λ (V_c H) V_Eᵀ, ``(chunk, E)``."""
-    v_c = jax.lax.dynamic_slice_in_dim(st.v_u, start, spec.chunk, axis=0)
+    vh = jax.lax.dynamic_slice_in_dim(st.vh_u, start, spec.chunk, axis=0)
     v_e = st.v_u if spec.eval_is_cand else st.v_e
-    vh = jnp.matmul(v_c, st.h, precision=precision)
     return -st.lam * jnp.matmul(vh, v_e.T, precision=precision)
 
 
@@ -182,12 +182,13 @@ def _step(spec: la.Spec, precision, st: FeatureState, j, label) -> FeatureState:
     s_mat = (st.lam * (1.0 + jnp.dot(t, ht, precision=precision)))[None, None]
     s_inv, _ = la._schur_inverse(s_mat, kap, spec.u_floor)
     s_inv = s_inv[0, 0]
-    w_u = st.lam * mm(st.v_u, ht)                                         # −A[:, s] (U,)
+    w_u = st.lam * mm(st.vh_u, t)                                         # −A[:, s] (U,)
     y = jax.nn.one_hot(label, spec.num_classes, dtype=st.lin_u.dtype)
     lin_s = jax.lax.dynamic_index_in_dim(st.lin_u, j, keepdims=False)
     c_s = s_inv * (lin_s - y)                                             # (C,)
     lin_u = st.lin_u - w_u[:, None] * c_s[None, :]
     upd = dict(h=st.h - (st.lam * s_inv) * (ht[:, None] * ht[None, :]), n=st.n + 1,
+               vh_u=st.vh_u - (s_inv * w_u)[:, None] * ht[None, :],
                lin_u=lin_u, ref_u=lin_u,
                schur=st.schur - (w_u * w_u * s_inv)[:, None, None],
                available=st.available.at[j].set(False))
