@@ -21,6 +21,12 @@ already counted as if labelled (the paper takes the top ``query_size`` batch sco
 no batch diversity). O(U² + nU) per pick, no new kernel entries; each pick and its
 pseudo-label feed the next step on the device (:meth:`LookaheadSession.run_on_device`),
 with no host round trip between picks.
+
+Approximations (issue 21; options ``features``, ``projection_dim``, ``eval_subset``):
+``features="projected"`` replaces the exact kernels and the dense algebra by projected NTK
+features (:mod:`lookahead_jax.ntk.projected`) and the k × k feature-space algebra
+(:mod:`lookahead_jax.feature_lookahead`) in every mode above; ``eval_subset=m`` scores
+on m random evaluation points per cycle (sums rescaled by E/m) on either path.
 """
 
 from __future__ import annotations
