@@ -19,9 +19,9 @@ point) and H = Lgᵀ G_t⁻¹ Lg (H = I at step 0; G_t the system after t sequen
 
 Cost: build O((N + U + E)·k²) (N the labeled capacity: L enters linearly), scores
 O(E·U·k) per call (the score sums, chunk by chunk, from V_U H kept up to date), a step
-O(k² + (U + E)·k); memory O((N + U + E)·k + k²): no L × L, U × U or E × U matrix. The scores themselves
-(MLMOC, EMOC, EER, label-flip), the clamping of Schur complements, the masks, the padding
-and the meaning of ``ref_is_lin`` are those of :mod:`lookahead_jax.lookahead`, whose
+O(k² + (U + E)·k); memory O((N + U + E)·k + k²): no L × L, U × U or E × U matrix.
+The scores themselves (MLMOC, EMOC, EER, label-flip), the clamping of Schur complements,
+the masks, the padding and the meaning of ``ref_is_lin`` are those of :mod:`lookahead_jax.lookahead`, whose
 per-candidate functions are reused, so the two paths agree to rounding on the same
 kernel Φ Φᵀ (tests/test_feature_lookahead.py). Scalar kernels only (block size B = 1);
 ``jitter`` must be > 0 (with λ = 0 and L > k, K is singular).

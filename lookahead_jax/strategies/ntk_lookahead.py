@@ -479,8 +479,8 @@ class LookaheadSession:
 
         ``state``, ``spec``: from :func:`lookahead.build_system` with ``sequential=True`` and
         a capacity of at least L + ``max_steps``, or from
-        :func:`~lookahead_jax.feature_lookahead.build_feature_system` (any capacity); ``num_candidates``: the real U (before
-        chunk padding); ``options``: only ``first_step`` is read (default: the defaults).
+        :func:`~lookahead_jax.feature_lookahead.build_feature_system` (any capacity);
+        ``num_candidates``: the real U (before chunk padding); ``options``: only ``first_step`` is read (default: the defaults).
         Reads the system's labeled count ``state.n`` (one explicit transfer) to check the
         capacity.
         """
