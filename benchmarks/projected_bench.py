@@ -21,6 +21,7 @@ and the seeds.
     nice -n 5 taskset -c 1 python benchmarks/projected_bench.py --seeds 0 1 2
     nice -n 5 taskset -c 1 python benchmarks/projected_bench.py --scale
     python benchmarks/projected_bench.py --table benchmarks/results/projected_cost_cpu.json
+    python benchmarks/projected_bench.py --grid-table benchmarks/results/projected_cost_cpu.json
 
 JSON: machine, commit, load averages before/after, sizes, seeds, every call's time.
 """
@@ -234,7 +235,8 @@ def write(res, out):
         json.dump(res, fh, indent=1)
 
 
-def table(path) -> str:
+def table(path, grid: bool = False) -> str:
+    """The README table of a cost JSON (``grid``: its accuracy grid) or a scale JSON."""
     res = json.load(open(path))
     lines = []
     if "cases" in res:
@@ -271,9 +273,11 @@ def table(path) -> str:
         lines.append(f"| {n} | {med[n]:.3g} | {med[n] / med['BADGE']:.2f} | "
                      f"{rng_('top20_shared', '{}')} | {rng_('spearman', '{:.3f}')} | "
                      f"{rng_('score_ratio', '{:.4f}')} |")
-    lines += ["", "| approximation | kernel rel. error | top-20 shared | Spearman | "
-                  "score ratio |", "|---|---|---|---|---|"]
-    for g in seeds[0].get("grid", {}):
+    if grid:
+        lines = []
+    lines += ["| approximation | kernel rel. error | top-20 shared | Spearman | "
+              "score ratio |", "|---|---|---|---|---|"] if grid else []
+    for g in (seeds[0].get("grid", {}) if grid else ()):
         ag = [s["grid"][g] for s in seeds if "grid" in s]
         cell = lambda key, fmt: ("" if key not in ag[0] else "–".join(  # noqa: E731
             fmt.format(v) for v in sorted({min(x[key] for x in ag), max(x[key] for x in ag)})))
@@ -299,9 +303,10 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--note", default="")
     ap.add_argument("--table", default=None, help="print the README table of this JSON")
+    ap.add_argument("--grid-table", default=None, help="print the accuracy grid of this JSON")
     a = ap.parse_args(argv)
-    if a.table:
-        print(table(a.table))
+    if a.table or a.grid_table:
+        print(table(a.table) if a.table else table(a.grid_table, grid=True))
         return
     a.out = a.out or os.path.join(RESULTS, "projected_scale_cpu.json" if a.scale
                                   else "projected_cost_cpu.json")
