@@ -21,6 +21,12 @@ already counted as if labelled (the paper takes the top ``query_size`` batch sco
 no batch diversity). O(U² + nU) per pick, no new kernel entries; each pick and its
 pseudo-label feed the next step on the device (:meth:`LookaheadSession.run_on_device`),
 with no host round trip between picks.
+
+Approximations (issue 21; options ``features``, ``projection_dim``, ``eval_subset``):
+``features="projected"`` replaces the exact kernels and the dense algebra by projected NTK
+features (:mod:`lookahead_jax.ntk.projected`) and the k × k feature-space algebra
+(:mod:`lookahead_jax.feature_lookahead`) in every mode above; ``eval_subset=m`` scores
+on m random evaluation points per cycle (sums rescaled by E/m) on either path.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lookahead_jax import feature_lookahead as fla
 from lookahead_jax import lookahead as la
 from lookahead_jax import ntk
+from lookahead_jax.ntk import projected
 from lookahead_jax.strategies.base import (AcquisitionContext, Selection, check_top_k,
                                            pad_rows, predict, top_k_on_device)
 from lookahead_jax.strategies.options import OptionsError, RidgeOptions, positive
@@ -74,6 +82,21 @@ class LookaheadOptions(RidgeOptions):
       gram_tile: tile size of the symmetric Θ(U, U) (only tiles on and above the
         diagonal are computed).
       eval_x: a separate evaluation set E (inputs ``(E, ...)``; API only), else E = U.
+      features: ``"exact"`` (the default: the engine's exact kernels and the dense algebra
+        of :mod:`lookahead_jax.lookahead`) or ``"projected"`` (issue 21: projected NTK
+        features φ ∈ ℝᵏ, :mod:`lookahead_jax.ntk.projected`, and the k × k feature-space
+        algebra of :mod:`lookahead_jax.feature_lookahead`: memory O((L + U + E)·k), no
+        U × U kernel; scalar kernels only, ``jitter`` > 0). The projection's key is the
+        acquisition key folded with :data:`PROJECTION_KEY`: one projection per cycle,
+        shared by every block. ``streaming`` changes nothing on this path (it never
+        holds Θ(U, U)).
+      projection_dim: k, the projected feature width (split over the network's layers;
+        ``"projected"`` only).
+      eval_subset: m, score on a random subset of m evaluation points (of U, or of
+        ``eval_x``) drawn each cycle from the acquisition key folded with
+        :data:`EVAL_SUBSET_KEY`; the sums are rescaled by E/m (label-flip is a fraction
+        already). ``None`` or m ≥ E: every point. Works on both paths; in sequential mode
+        the subset is a separate evaluation set (a picked candidate stays in it).
       jitter, u_floor, chunk_size: see :class:`~.options.RidgeOptions`.
     """
 
@@ -86,10 +109,23 @@ class LookaheadOptions(RidgeOptions):
     ntk_chunk_size: Optional[int] = None
     gram_tile: int = 512
     eval_x: Any = None
+    features: Literal["exact", "projected"] = "exact"
+    projection_dim: int = 1024
+    eval_subset: Optional[int] = None
 
     def check(self):
         super().check()
-        positive(self, "gram_tile", "ntk_chunk_size")
+        positive(self, "gram_tile", "ntk_chunk_size", "projection_dim", "eval_subset")
+        if self.features == "projected":
+            if self.kernel == "full":
+                raise OptionsError("features='projected' takes a scalar kernel "
+                                   "('first_logit', 'sum_logits', 'trace'), not 'full'")
+            if not self.block:
+                raise OptionsError("features='projected' needs block=True (block=False is "
+                                   "the paper's dense 'NTK w/o Block' ablation)")
+            if not self.jitter > 0:
+                raise OptionsError("features='projected' needs jitter > 0 (with λ = 0 the "
+                                   "labeled kernel Φ Φᵀ is singular once L > k)")
         if not self.block and (self.streaming or self.eval_x is not None
                                or self.kernel == "full"):
             raise OptionsError("block=False (the paper's 'NTK w/o Block') supports batch-mode "
@@ -105,45 +141,113 @@ def _diagonal(k: Array) -> Array:
     return k[i, i]
 
 
+PROJECTION_KEY = 21    # fold_in tag of the acquisition key: the cycle's projection
+EVAL_SUBSET_KEY = 22   # fold_in tag of the acquisition key: the cycle's evaluation subset
+_OPTIONS = object()
+
+
+def eval_subset_indices(key: Array, num_eval: int, m: Optional[int]) -> Optional[Array]:
+    """Sorted ``(m,)`` indices of the cycle's evaluation subset, or ``None`` (every point).
+
+    Drawn without replacement from ``fold_in(key, EVAL_SUBSET_KEY)`` (``key``: the
+    acquisition key, already folded with the cycle): a new subset every cycle, the same
+    one for every block and step of a cycle.
+    """
+    if m is None or int(m) >= int(num_eval):
+        return None
+    k = jax.random.fold_in(key, EVAL_SUBSET_KEY)
+    return jnp.sort(jax.random.choice(k, int(num_eval), (int(m),), replace=False))
+
+
+def evaluation_set(ctx: AcquisitionContext, opts: LookaheadOptions
+                   ) -> tuple[Optional[Array], int, float]:
+    """``(x_eval, E, weight)``: the evaluation inputs of this cycle (``None``: E = U), the
+    size E of the full evaluation set, and the weight E/m of each subset point."""
+    E = ctx.num_candidates if opts.eval_x is None else int(np.shape(opts.eval_x)[0])
+    idx = eval_subset_indices(ctx.key, E, opts.eval_subset)
+    if idx is None:
+        return opts.eval_x, E, 1.0
+    base = ctx.x_candidates if opts.eval_x is None else opts.eval_x
+    return jnp.take(jnp.asarray(base), idx, axis=0), E, E / int(opts.eval_subset)
+
+
 def kernels(ctx: AcquisitionContext, opts: LookaheadOptions, x_labeled: Array,
-            streaming: bool) -> tuple[dict, Optional[Any]]:
+            streaming: bool, x_eval: Any = _OPTIONS, sequential: bool = True
+            ) -> tuple[dict, Optional[Any]]:
     """The kernel blocks of one cycle, on device, and (streaming) a row-block function.
 
     Returns ``(blocks, row_block)``: ``blocks`` has ``k_ll`` Θ(X, X), ``k_ul`` Θ(U, X),
-    ``k_uu`` Θ(U, U) (or ``kappa``, its diagonal, when streaming) and, with ``eval_x``,
-    ``k_el``, ``k_eu``. ``row_block(start, stop)`` gives Θ(U[start:stop], E).
+    ``k_uu`` Θ(U, U) (or ``kappa``, its diagonal, when streaming, or in batch mode
+    (``sequential=False``) with a separate evaluation set, which needs only Θ(E, U)) and,
+    with an evaluation set, ``k_el``, ``k_eu``. ``row_block(start, stop)`` gives
+    Θ(U[start:stop], E). ``x_eval``: the evaluation inputs (default ``opts.eval_x``).
     """
     f, params = ctx.apply_fn, ctx.params
+    if x_eval is _OPTIONS:
+        x_eval = opts.eval_x
     kw = dict(output=opts.kernel, implementation=opts.ntk_implementation,
               chunk_size=opts.ntk_chunk_size)
-    if opts.ntk_implementation == "jvp_vjp" and not streaming and opts.eval_x is None:
+    if opts.ntk_implementation == "jvp_vjp" and not streaming and x_eval is None:
         ks = ntk.kernel_set(f, params, x_labeled, ctx.x_candidates, **kw)
         return dict(k_ll=ks.ll, k_ul=ks.ul, k_uu=ks.uu), None
     fl = ntk.ntk_features(f, params, x_labeled, **kw)
     fu = ntk.ntk_features(f, params, jnp.asarray(ctx.x_candidates), **kw)
     kf = functools.partial(ntk.kernel_from_features, chunk_size=opts.ntk_chunk_size)
     out = dict(k_ll=kf(fl, fl), k_ul=kf(fu, fl))
-    x_eval = opts.eval_x
     fe = fu if x_eval is None else ntk.ntk_features(f, params, jnp.asarray(x_eval), **kw)
     if x_eval is not None:
         out["k_el"] = kf(fe, fl)
-    if not streaming:
+    k, U = opts.chunk_size, ctx.num_candidates
+    if not streaming and (sequential or x_eval is None):
         # Θ(U, U) is symmetric: the engine computes the tiles on and above the diagonal
         out["k_uu"] = ntk.kernel_from_features(fu, fu, chunk_size=opts.gram_tile)
         if x_eval is not None:
             out["k_eu"] = kf(fe, fu)
         return out, None
-    # streaming: Θ(U, U) / Θ(U, E) are never held, only the diagonal and row blocks.
-    k, U = opts.chunk_size, ctx.num_candidates
+    # Θ(U, U) is not needed (streaming, or batch scores against a separate E): only its
+    # diagonal. Before this, a batch acquisition with eval_x still paid for all U² pairs.
     out["kappa"] = jnp.concatenate([
         _diagonal(kf(ntk.slice_features(fu, s, min(s + k, U)),
                      ntk.slice_features(fu, s, min(s + k, U))))
         for s in range(0, U, k)])
+    if not streaming:
+        out["k_eu"] = kf(fe, fu)
+        return out, None
 
     def row_block(start, stop):
         return kf(ntk.slice_features(fu, start, min(stop, U)), fe)
 
     return out, row_block
+
+
+def projected_system(ctx: AcquisitionContext, opts: LookaheadOptions, x_l: Array,
+                     y_l: Array, x_eval: Optional[Array], weight: float):
+    """The feature-space system (``features="projected"``): ``(state, spec, info)``.
+
+    Projected features of X (padded to N), U and E with ONE projection (the acquisition
+    key folded with :data:`PROJECTION_KEY`), then
+    :func:`~lookahead_jax.feature_lookahead.build_feature_system`.
+    """
+    t0 = time.perf_counter()
+    f, params = ctx.apply_fn, ctx.params
+    kw = dict(key=jax.random.fold_in(ctx.key, PROJECTION_KEY),
+              projection_dim=opts.projection_dim, output=opts.kernel,
+              chunk_size=opts.ntk_chunk_size or 256)
+    phi_l = projected.projected_features(f, params, x_l, **kw)
+    phi_u = projected.projected_features(f, params, jnp.asarray(ctx.x_candidates), **kw)
+    phi_e = None if x_eval is None else projected.projected_features(f, params, x_eval, **kw)
+    jax.block_until_ready((phi_l, phi_u, phi_e))
+    t_kernel = time.perf_counter() - t0
+    f_e = mask_e = None
+    if x_eval is not None:
+        f_e = predict(ctx, x_eval)
+        mask_e = jnp.full((phi_e.shape[0],), weight, phi_u.dtype)
+    state, spec, info = fla.build_feature_system(
+        phi_l, y_l, predict(ctx, x_l), phi_u, predict(ctx, ctx.x_candidates),
+        num_classes=ctx.num_classes, phi_e=phi_e, f_e=f_e, mask_e=mask_e,
+        num_labeled=ctx.num_labeled, jitter=opts.jitter, u_floor=opts.u_floor,
+        chunk_size=opts.chunk_size)
+    return state, spec, dict(info, kernel_s=t_kernel)
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
@@ -165,25 +269,44 @@ def _system(ctx: AcquisitionContext, opts: LookaheadOptions, extra: int, sequent
     ``extra``: labeled slots beyond the run's capacity (sequential steps add points).
     Nothing comes to the host: the padding, the kernels (:func:`kernels`), the network
     outputs and :func:`~lookahead_jax.lookahead.build_system` are device computations.
-    The host waits once, for the kernels, to log ``kernel_s``.
+    The host waits once, for the kernels, to log ``kernel_s``. ``features="projected"``
+    gives a :class:`~lookahead_jax.feature_lookahead.FeatureState` (no row function).
+    The evaluation set is :func:`evaluation_set`'s (a subset weighted E/m).
     """
     t0 = time.perf_counter()
     L, C = ctx.num_labeled, ctx.num_classes
     N = max(ctx.capacity, L + extra)
     x_l, y_l = _pad_labeled(ctx.x_labeled, ctx.y_labeled, N)
-    blocks, row_block = kernels(ctx, opts, x_l, streaming)
+    x_eval, _, weight = evaluation_set(ctx, opts)
+    if opts.features == "projected":
+        state, spec, info = projected_system(ctx, opts, x_l, y_l, x_eval, weight)
+        return state, spec, info, None
+    blocks, row_block = kernels(ctx, opts, x_l, streaming, x_eval, sequential)
     jax.block_until_ready(blocks)
     t_kernel = time.perf_counter() - t0
     f_l = predict(ctx, x_l)
     f_u = predict(ctx, ctx.x_candidates)
     if not opts.block:
         return blocks, None, dict(kernel_s=t_kernel, f_l=f_l, f_u=f_u, y_l=y_l), None
-    f_e = None if opts.eval_x is None else predict(ctx, opts.eval_x)
+    f_e = None if x_eval is None else predict(ctx, x_eval)
     state, spec, info = la.build_system(
         y_l=y_l, f_l=f_l, f_u=f_u, f_e=f_e, num_classes=C, num_labeled=L, capacity=N,
         jitter=opts.jitter, u_floor=opts.u_floor, chunk_size=opts.chunk_size,
         sequential=sequential, **blocks)
+    if weight != 1.0:
+        state = state._replace(mask_e=_scale(state.mask_e, la.to_device(weight,
+                                                                         state.mask_e.dtype)))
     return state, spec, dict(info, kernel_s=t_kernel), row_block
+
+
+@jax.jit
+def _scale(mask: Array, weight: Array) -> Array:
+    return mask * weight
+
+
+def _algebra(state):
+    """The module whose ``score_candidates`` / ``add_labeled`` take ``state``."""
+    return fla if isinstance(state, fla.FeatureState) else la
 
 
 # ----------------------------------------------------------------------------- on device
@@ -342,8 +465,7 @@ class LookaheadSession:
                                                                           strategy=kind))
         max_steps = ctx.query_size if max_steps is None else int(max_steps)
         state, spec, info, _ = _system(ctx, ctx.options, max_steps, True, False)
-        num_eval = ctx.num_candidates if ctx.options.eval_x is None else \
-            int(np.shape(ctx.options.eval_x)[0])
+        num_eval = evaluation_set(ctx, ctx.options)[1]
         self._setup(state, spec, info, kind, ctx.options, max_steps, ctx.num_candidates,
                     num_eval)
         self.ctx = ctx
@@ -356,16 +478,18 @@ class LookaheadSession:
         """A session on an already built sequential-mode system (kernels from elsewhere).
 
         ``state``, ``spec``: from :func:`lookahead.build_system` with ``sequential=True`` and
-        a capacity of at least L + ``max_steps``; ``num_candidates``: the real U (before
-        chunk padding); ``options``: only ``first_step`` is read (default: the defaults).
+        a capacity of at least L + ``max_steps``, or from
+        :func:`~lookahead_jax.feature_lookahead.build_feature_system` (any capacity);
+        ``num_candidates``: the real U (before chunk padding); ``options``: only ``first_step`` is read (default: the defaults).
         Reads the system's labeled count ``state.n`` (one explicit transfer) to check the
         capacity.
         """
-        if state.a_uu is None:
+        feature_space = isinstance(state, fla.FeatureState)   # no capacity: any L
+        if not feature_space and state.a_uu is None:
             raise ValueError("the system was not built with sequential=True")
-        capacity = state.chol.shape[0] // spec.block
+        capacity = None if feature_space else state.chol.shape[0] // spec.block
         n = int(jax.device_get(state.n))
-        if n + int(max_steps) > capacity:
+        if capacity is not None and n + int(max_steps) > capacity:
             raise ValueError(f"the system holds {capacity} labeled points, {n} already used: "
                              f"no room for {max_steps} more (build it with capacity >= "
                              f"{n + int(max_steps)})")
@@ -391,7 +515,7 @@ class LookaheadSession:
         Step 0 uses the reference the ``first_step`` option names; later steps the
         linearised model f^lin of everything absorbed so far.
         """
-        s, clamped = la.score_candidates(
+        s, clamped = _algebra(self.state).score_candidates(
             self.kind, self.spec, self.state,
             ref_is_lin=self.steps > 0 or self.opts.first_step == "linearised")
         return _head(s, self.num_candidates), clamped
@@ -446,7 +570,7 @@ class LookaheadSession:
             raise ValueError(f"label {label!r} for candidate {j} is not an integer in [0, {C})")
         if not isinstance(j, jax.Array) and not 0 <= int(j) < self.num_candidates:
             raise ValueError(f"candidate {j} is outside [0, {self.num_candidates})")
-        self.state = la.add_labeled(self.spec, self.state, j, label)
+        self.state = _algebra(self.state).add_labeled(self.spec, self.state, j, label)
         self.steps += 1
 
     def skip(self, j) -> None:
@@ -642,11 +766,11 @@ def acquire(ctx: AcquisitionContext, kind: str) -> Acquisition:
             return {"top_score": float(h["top"]) / U}
 
         return Acquisition(idx, scores, logged, info, finish, t0)
-    E = U if opts.eval_x is None else int(np.shape(opts.eval_x)[0])
-    if opts.streaming:
+    E = evaluation_set(ctx, opts)[1]
+    if row_block is not None:
         scores, clamped = la.streaming_scores(kind, spec, state, row_block)
     else:
-        scores, clamped = la.score_candidates(kind, spec, state)
+        scores, clamped = _algebra(state).score_candidates(kind, spec, state)
     scores = _head(scores, U)
     idx, bad, worst = top_k_on_device(scores, q)
     logged = dict(bad=bad, worst=worst, clamped=clamped, top_score=_top_score(scores, E),
