@@ -71,7 +71,10 @@ its own devices' rows), so the examples of a chunk are split over the processes.
 code accepts them as they are.
 
 Cost: :func:`kernel_cost` counts, without computing anything, the FLOPs and feature
-memory a call will take (the benchmarks' FLOP counts come from it).
+memory a call will take (the benchmarks' FLOP counts come from it). The memory planner
+and the cost model live in :mod:`lookahead_jax.ntk.planner`, the mesh and padding
+helpers in :mod:`lookahead_jax.ntk.batching`; both get what they need from here as
+arguments and import nothing of this module.
 
 Precision: float32 unless x64 is enabled (then float64 inputs stay float64);
 ``precision`` (a ``jax.lax.Precision``) is passed to every contraction.
@@ -81,24 +84,31 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import os
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
-from lookahead_jax.distributed import global_array
+from lookahead_jax.ntk import planner
 from lookahead_jax.ntk import structured as st
+from lookahead_jax.ntk.batching import mesh as _mesh
+from lookahead_jax.ntk.batching import pad_rows as _pad_rows
+from lookahead_jax.ntk.batching import pad_tree as _pad_feats
+from lookahead_jax.ntk.batching import put as _put
+from lookahead_jax.ntk.batching import round_chunk as _round_chunk
+from lookahead_jax.ntk.planner import FUSED_MAX as _FUSED_MAX
+from lookahead_jax.ntk.planner import MIN_CHUNK as _MIN_CHUNK
+from lookahead_jax.ntk.planner import STEP_BYTES as _STEP_BYTES
+from lookahead_jax.ntk.planner import Plan as _Plan
+from lookahead_jax.ntk.planner import memory_budget_bytes
 
 Array = jax.Array
 PyTree = Any
 
 OUTPUTS = ("first_logit", "sum_logits", "trace", "full")
 IMPLEMENTATIONS = ("jacobian", "jvp_vjp", "structured", "auto")
-_MIN_CHUNK = 8
 
 
 # --------------------------------------------------------------------------- features
@@ -326,114 +336,42 @@ def _jvp_vjp_jit(fstatic, fleaves, params, x1, x2, output):
     return _jvp_vjp_impl(_join_f(fstatic, fleaves), params, x1, x2, output)
 
 
-# ------------------------------------------------------------------ memory / devices
-def memory_budget_bytes() -> int:
-    """Bytes the engine allows itself: 1/2 of an accelerator's limit, else
-    min(1/8 of physical RAM, 1/2 of the RAM free now)."""
-    try:
-        stats = jax.devices()[0].memory_stats()
-        if stats and "bytes_limit" in stats:
-            return int(stats["bytes_limit"]) // 2
-    except Exception:  # noqa: BLE001  (CPU devices may not implement memory_stats)
-        pass
-    try:
-        page = os.sysconf("SC_PAGE_SIZE")
-        return min(page * os.sysconf("SC_PHYS_PAGES") // 8,
-                   page * os.sysconf("SC_AVPHYS_PAGES") // 2)
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
 
-
-class _Plan(NamedTuple):
-    implementation: str
-    feat_bytes: int      # per example
-    work_bytes: int      # per example, transient (forward + K backward passes)
-    step: int = 1        # examples per call of the feature computation (working set)
-    pair_flops: int = 0  # contraction FLOPs per (x, x') pair (scalar outputs)
-    row_flops: int = 0   # FLOPs per example to assemble Jacobian rows Σ_s a_s ⊗ δ_s
-
-
-# Size of the largest intermediate (activation, cotangent, conv patch matrix, Jacobian
-# rows of one layer) of one call of the feature computation. XLA:CPU allocates its
-# buffers on every call, and the allocator maps buffers ≥ 32 MiB afresh each time: first
-# touches of fresh pages run at ~1 GB/s on a VM, 10-20× slower than warm memory. Calls
-# of few examples keep conv nets' patch matrices small; MLPs still run whole batches.
-_STEP_BYTES = 6 << 20
-# Largest side computed by the single-program path (features + contraction in one jit).
-_FUSED_MAX = 4096
-
-
+# ------------------------------------------------------------------------ planning
+# The planner (lookahead_jax.ntk.planner) gets the trace, the budget and the step size
+# from here; the names are read at call time (tests patch them on this module).
 _PLANS: dict = {}
 
 
-def _make_plan(fstatic, fleaves, params, x, output, implementation, precision) -> _Plan:
-    """Cached by static structure and shapes (tracing costs ~10-100 ms per call)."""
+def _make_plan(fstatic, fleaves, params, x, output, implementation, precision=None) -> _Plan:
+    """Cached by static structure and shapes (tracing costs ~10-100 ms per call).
+
+    ``precision`` does not change a plan; it is accepted so that every driver passes
+    the same arguments.
+    """
+    del precision
     sig = lambda t: tuple((tuple(np.shape(a)), str(jnp.result_type(a)))  # noqa: E731
                           for a in jax.tree.leaves(t))
     key = (fstatic, sig(fleaves), jax.tree.structure(params), sig(params),
-           tuple(x.shape[1:]), str(x.dtype), output, implementation, precision)
-    try:
-        return _PLANS[key]
-    except TypeError:                                    # unhashable f: no caching
-        return _plan_uncached(fstatic, fleaves, params, x, output, implementation, precision)
-    except KeyError:
-        plan = _plan_uncached(fstatic, fleaves, params, x, output, implementation, precision)
-        if len(_PLANS) > 256:
-            _PLANS.clear()
-        _PLANS[key] = plan
-        return plan
+           tuple(x.shape[1:]), str(x.dtype), output, implementation)
+
+    def build():
+        _, prog, layers, fallback, use_struct = _structured_plan(
+            _join_f(fstatic, fleaves), params, (1, *x.shape[1:]), x.dtype, output)
+        return planner.plan_uncached(prog, layers, fallback, use_struct,
+                                     jax.tree.leaves(params), x.dtype, implementation,
+                                     budget=memory_budget_bytes(), step_bytes=_STEP_BYTES)
+
+    return planner.cached(_PLANS, key, build)
 
 
-def _example_dependent(prog) -> list:
-    """Ids of the program's values computed from the example x (its last input)."""
-    dep = {prog.in_ids[-1]}
-    for node in prog.nodes:
-        if any(r[0] == "v" and r[1] in dep for r in node.ins):
-            dep.update(node.outs)
-    return sorted(dep)
+def _feature_step(plan: _Plan, chunk: int, n: int, mesh) -> int:
+    """Examples per feature call: ≤ ``chunk`` and ≤ the plan's working-set step."""
+    return _round_chunk(min(chunk, plan.step), n, mesh)
 
 
-def _plan_uncached(fstatic, fleaves, params, x, output, implementation, precision) -> _Plan:
-    f = _join_f(fstatic, fleaves)
-    leaves = jax.tree.leaves(params)
-    n_params = sum(int(np.size(l)) for l in leaves)
-    itemsize = jnp.dtype(x.dtype).itemsize
-    _, prog, layers, fallback, use_struct = _structured_plan(
-        f, params, (1, *x.shape[1:]), x.dtype, output)
-    k = prog.avals[prog.out_refs[0][1]].shape[-1]
-    if implementation == "jacobian":
-        use_struct = {leaf: False for leaf in use_struct}
-    n_rows = sum(int(np.size(leaves[i])) for i in fallback)
-    per_example, pair_flops, row_flops = 0, 0, 0
-    per_ex_ids = _example_dependent(prog)
-    largest = max([math.prod(prog.avals[i].shape) for i in per_ex_ids] + [1])
-    for l in layers:
-        b = l.bias is not None
-        if l.kind == "conv":
-            largest = max(largest, l.s * l.d_in)           # its patch matrix
-        if use_struct[l.leaf]:
-            per_example += l.s * l.d_in + k * l.s * l.d_out
-            # Gram of A (S²·D_in), Gram of Δ (S²·D_out·K²), Hadamard and sum (S²·K²)
-            pair_flops += 2 * l.s * l.s * (l.d_in + k * k * l.d_out + k * k)
-        else:
-            n_rows += (l.d_in + b) * l.d_out
-            largest = max(largest, k * (l.d_in + b) * l.d_out)
-            row_flops += 2 * k * l.s * l.d_in * l.d_out
-    per_example += k * n_rows
-    pair_flops += 2 * k * k * n_rows
-    # per-example activations: every value computed from x
-    act = sum(math.prod(prog.avals[i].shape) for i in per_ex_ids) * itemsize
-    work = act * (k + 2)
-    if implementation == "jvp_vjp":
-        return _Plan("jvp_vjp", 0, work + n_params * itemsize)
-    impl = implementation
-    feat = per_example * itemsize
-    if impl == "auto":
-        impl = "structured"
-        if _MIN_CHUNK * (feat + work) > memory_budget_bytes():
-            return _Plan("jvp_vjp", 0, work + n_params * itemsize)
-    step = max(1, _STEP_BYTES // (k * largest * itemsize))
-    return _Plan(impl, feat, work, step, pair_flops, row_flops)
+def _auto_chunk(plan: _Plan, n: int) -> int:
+    return planner.auto_chunk(plan, n, memory_budget_bytes())
 
 
 def kernel_cost(f: Callable, params: PyTree, x1, x2=None, *, output: str = "first_logit",
@@ -489,13 +427,7 @@ def kernel_cost(f: Callable, params: PyTree, x1, x2=None, *, output: str = "firs
     plan = _make_plan(fstatic, fleaves, params, x1, output, implementation, None)
     _, prog, _, _, _ = _structured_plan(_join_f(fstatic, fleaves), params,
                                         (1, *x1.shape[1:]), x1.dtype, output)
-    fwd, bwd = _pass_flops(prog)
-    return dict(implementation=plan.implementation, n1=n1, n2=n2,
-                fwd_flops_per_example=fwd, bwd_flops_per_example=bwd,
-                pair_flops=plan.pair_flops,
-                contraction_flops=plan.pair_flops * n1 * n2,
-                row_flops=plan.row_flops * (n1 + (n2 if x2 is not None else 0)),
-                feature_bytes_per_example=plan.feat_bytes, step=plan.step)
+    return planner.cost(plan, prog, n1, n2, x2 is not None)
 
 
 def _shape_dtype(x) -> jax.ShapeDtypeStruct:
@@ -503,73 +435,6 @@ def _shape_dtype(x) -> jax.ShapeDtypeStruct:
     shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
     return jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(
         x.dtype if hasattr(x, "dtype") else np.result_type(x)))
-
-
-def _pass_flops(prog) -> tuple[int, int]:
-    """(forward, backward) dot_general + convolution FLOPs of the traced one-example program."""
-    k = prog.avals[prog.out_refs[0][1]].shape[-1]
-    param_dep = set(prog.in_ids[:-1])
-    fwd = bwd = 0
-    for node in prog.nodes:
-        if any(r[0] == "v" and r[1] in param_dep for r in node.ins):
-            param_dep.update(node.outs)
-        name = node.prim.name
-        if name not in ("dot_general", "conv_general_dilated") or node.ins[0][0] != "v":
-            continue
-        out = math.prod(prog.avals[node.outs[0]].shape)
-        if name == "dot_general":
-            (ca, _), _ = node.params["dimension_numbers"]
-            lhs = prog.avals[node.ins[0][1]].shape
-            flops = 2 * out * math.prod(lhs[d] for d in ca)
-        else:
-            _, rhs_spec, _ = node.params["dimension_numbers"]
-            rhs = prog.avals[node.ins[1][1]].shape if node.ins[1][0] == "v" \
-                else np.shape(node.ins[1][1])
-            flops = 2 * out * math.prod(rhs[d] for d in rhs_spec[1:])
-        fwd += flops
-        if node.ins[0][1] in param_dep:
-            bwd += k * flops
-    return fwd, bwd
-
-
-def _mesh():
-    devices = jax.devices()
-    if len(devices) < 2:
-        return None
-    return Mesh(np.array(devices), ("batch",))
-
-
-def _put(tree, mesh, spec):
-    """``tree`` laid out over ``mesh`` as ``spec`` (unchanged without a mesh).
-
-    One process: ``jax.device_put``. Several processes: each leaf becomes a global array
-    from the host value every process holds (:func:`lookahead_jax.distributed.global_array`;
-    ``device_put`` would first gather every process's copy to check they are equal).
-    """
-    if mesh is None:
-        return tree
-    sharding = NamedSharding(mesh, spec)
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-    return jax.tree.map(lambda a: global_array(a, sharding), tree)
-
-
-def _pad_rows(a, size):
-    n = a.shape[0]
-    if n == size:
-        return a
-    pad = jnp.broadcast_to(a[-1:], (size - n, *a.shape[1:]))
-    return jnp.concatenate([a, pad], axis=0)
-
-
-def _round_chunk(c, n, mesh):
-    """Chunk ≤ c that splits n into equal pieces (least padding), a multiple of #devices."""
-    c = max(1, min(int(c), n))
-    c = -(-n // -(-n // c))
-    if mesh is not None:
-        m = mesh.devices.size
-        c = -(-c // m) * m
-    return c
 
 
 # ---------------------------------------------------------------------------- drivers
@@ -585,10 +450,6 @@ def _features_chunked(fstatic, fleaves, params, x, output, impl, precision, chun
     if len(parts) == 1:
         return parts[0]
     return jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *parts)
-
-
-def _pad_feats(feats, size):
-    return jax.tree.map(lambda a: _pad_rows(a, size), feats)
 
 
 def kernel_from_features(feats1: NTKFeatures, feats2: NTKFeatures, *, chunk_size=None,
@@ -633,16 +494,6 @@ def kernel_from_features(feats1: NTKFeatures, feats2: NTKFeatures, *, chunk_size
     rows = [jnp.concatenate([tiles[(i, j)] for j in range(0, n2, c2)], axis=1)
             for i in range(0, n1, c1)]
     return jnp.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
-
-
-def _feature_step(plan: _Plan, chunk: int, n: int, mesh) -> int:
-    """Examples per feature call: ≤ ``chunk`` and ≤ the plan's working-set step."""
-    return _round_chunk(min(chunk, plan.step), n, mesh)
-
-
-def _auto_chunk(plan: _Plan, n: int) -> int:
-    per = plan.feat_bytes + plan.work_bytes
-    return max(_MIN_CHUNK, min(n, memory_budget_bytes() // (4 * max(per, 1))))
 
 
 def _validate(output, implementation):
