@@ -76,8 +76,12 @@ and the cost model live in :mod:`lookahead_jax.ntk.planner`, the mesh and paddin
 helpers in :mod:`lookahead_jax.ntk.batching`; both get what they need from here as
 arguments and import nothing of this module.
 
-Precision: float32 unless x64 is enabled (then float64 inputs stay float64);
-``precision`` (a ``jax.lax.Precision``) is passed to every contraction.
+Precision: float32 unless x64 is enabled (then float64 inputs stay float64). Every
+contraction runs at an explicit ``jax.lax.Precision`` and the network's own passes under
+``jax.default_matmul_precision``, both from :mod:`lookahead_jax.precision`:
+``precision=None`` (the default) takes the library's policy now (``kernel`` and
+``forward``), a ``jax.lax.Precision`` sets the contractions' (forward from the policy), a
+:class:`~lookahead_jax.precision.PrecisionPolicy` or preset name both.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from lookahead_jax import precision as _precision
 from lookahead_jax.ntk import planner
 from lookahead_jax.ntk import structured as st
 from lookahead_jax.ntk.batching import mesh as _mesh
@@ -194,14 +199,19 @@ def _use_struct(layer) -> bool:
     return layer.s * layer.s * (layer.d_in + layer.d_out + b) <= (layer.d_in + b) * layer.d_out
 
 
-def _structured_plan(f, params, x1_shape, x_dtype, output):
-    """Traced program, structured layers (with their S/D sizes) and fallback leaves."""
+def _structured_plan(f, params, x1_shape, x_dtype, output, forward=None):
+    """Traced program, structured layers (with their S/D sizes) and fallback leaves.
+
+    ``f`` is traced under ``jax.default_matmul_precision(forward)`` (default HIGHEST), so
+    its dots and convolutions carry that precision when the program is evaluated.
+    """
     leaves, treedef = jax.tree.flatten(params)
 
     def g(ls, xb):
         return _scalarise(f(jax.tree.unflatten(treedef, ls), xb), output)
 
-    prog = st.trace_program(g, (leaves, jax.ShapeDtypeStruct(x1_shape, x_dtype)))
+    with _precision.matmul_context(forward):
+        prog = st.trace_program(g, (leaves, jax.ShapeDtypeStruct(x1_shape, x_dtype)))
     layers, fallback = st.analyse(prog, len(leaves))
     use_struct = {l.leaf: _use_struct(l) for l in layers}
     fallback = [i for i in fallback if _is_diff(leaves[i])]
@@ -209,9 +219,11 @@ def _structured_plan(f, params, x1_shape, x_dtype, output):
 
 
 def _features_impl(f, params, x, output, implementation, precision):
+    """``precision``: ``(contractions, forward)`` pair of ``jax.lax.Precision``."""
+    precision, forward = precision
     leaves = jax.tree.leaves(params)
     g, prog, layers, fallback, use_struct = _structured_plan(
-        f, params, (1, *x.shape[1:]), x.dtype, output)
+        f, params, (1, *x.shape[1:]), x.dtype, output, forward)
     if implementation == "jacobian":
         use_struct = {leaf: False for leaf in use_struct}
     probe_ids = [l.out_id for l in layers]
@@ -306,13 +318,14 @@ def _kernel_fused_jit(fstatic, fleaves, params, x1, x2, output, implementation, 
     f1 = _features_impl(f, params, x1, output, implementation, precision)
     f2 = f1 if x2 is None else _features_impl(f, params, x2, output, implementation,
                                               precision)
-    return _contract(f1, f2, precision)
+    return _contract(f1, f2, precision[0])
 
 
 # ----------------------------------------------------------------------- NTK-vector
-def _jvp_vjp_impl(f, params, x1, x2, output):
+def _jvp_vjp_impl(f, params, x1, x2, output, forward=None):
     def g(p, x):
-        return _scalarise(f(p, x), output)
+        with _precision.matmul_context(forward):
+            return _scalarise(f(p, x), output)
 
     out2, vjp2 = jax.vjp(lambda p: g(p, x2), params)
     n2, k = out2.shape
@@ -331,9 +344,16 @@ def _jvp_vjp_impl(f, params, x1, x2, output):
     return full[:, :, 0, 0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _jvp_vjp_jit(fstatic, fleaves, params, x1, x2, output):
-    return _jvp_vjp_impl(_join_f(fstatic, fleaves), params, x1, x2, output)
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _jvp_vjp_jit(fstatic, fleaves, params, x1, x2, output, forward=None):
+    return _jvp_vjp_impl(_join_f(fstatic, fleaves), params, x1, x2, output, forward)
+
+
+def _levels(precision) -> tuple:
+    """``(contractions, forward)`` ``jax.lax.Precision`` of a ``precision`` argument."""
+    return (_precision.resolve(precision, "kernel"),
+            _precision.parse(None if isinstance(precision, jax.lax.Precision)
+                             else precision).of("forward"))
 
 
 
@@ -463,13 +483,15 @@ def kernel_from_features(feats1: NTKFeatures, feats2: NTKFeatures, *, chunk_size
       chunk_size: tile size (examples); None for tiles of ≤ 4096 examples (≤ 1024 when
         ``feats1 is feats2`` and n > 2048: only tiles on or above the diagonal are
         computed, the rest are their transposes).
-      precision: ``jax.lax.Precision`` for the contractions.
+      precision: the contractions' ``jax.lax.Precision`` (``None``: the policy's
+        ``kernel``; a policy or preset name: its ``kernel``).
 
     Returns:
       ``(n1, n2)``, or ``(n1, n2, C, C)`` for ``output="full"``.
     """
     if feats1.output != feats2.output:
         raise ValueError(f"output modes differ: {feats1.output!r} vs {feats2.output!r}")
+    precision = _precision.resolve(precision, "kernel")
     mesh = _mesh()
     n1, n2 = feats1.n, feats2.n
     symmetric = feats1 is feats2
@@ -513,6 +535,7 @@ def ntk_features(f: Callable, params: PyTree, x: Array, *, output: str = "first_
     ``"jvp_vjp"`` has no per-example features and uses ``"jacobian"``'s.
     """
     _validate(output, implementation)
+    precision = _levels(precision)
     fstatic, fleaves = _split_f(f)
     impl = "jacobian" if implementation in ("jacobian", "jvp_vjp") else "structured"
     mesh = _mesh()
@@ -576,7 +599,9 @@ def empirical_ntk_fn(f: Callable, *, output: str = "first_logit",
       implementation: one of :data:`IMPLEMENTATIONS` (module docstring, incl. the
         ``"auto"`` cost model).
       chunk_size: examples per chunk (rows and columns); None derives it from memory.
-      precision: ``jax.lax.Precision`` for the contractions.
+      precision: ``None`` (the policy of :mod:`lookahead_jax.precision`), a
+        ``jax.lax.Precision`` for the contractions, or a policy / preset name (module
+        docstring, "Precision").
 
     Returns:
       ``ntk(params, x1, x2=None)``: ``(n1, n2)`` for ``first_logit``/``sum_logits``/
@@ -586,6 +611,7 @@ def empirical_ntk_fn(f: Callable, *, output: str = "first_logit",
     fstatic, fleaves = _split_f(f)
 
     def ntk(params: PyTree, x1: Array, x2: Array | None = None) -> Array:
+        prec = _levels(precision)
         x1 = jnp.asarray(x1)
         same = x2 is None
         x2 = x1 if same else jnp.asarray(x2)
@@ -601,7 +627,8 @@ def empirical_ntk_fn(f: Callable, *, output: str = "first_logit",
             def block(i0, i1, j0, j1):
                 a = _put(_pad_rows(x1[i0:i1], c1), mesh, PartitionSpec("batch"))
                 b = _pad_rows(xs2[j0:j1], c2)
-                return _jvp_vjp_jit(fstatic, fleaves, p, a, b, output)[: i1 - i0, : j1 - j0]
+                return _jvp_vjp_jit(fstatic, fleaves, p, a, b, output,
+                                    prec[1])[: i1 - i0, : j1 - j0]
 
             rows = [jnp.concatenate([block(i, min(i + c1, n1), j, min(j + c2, n2))
                                      for j in range(0, n2, c2)], axis=1)
@@ -612,26 +639,26 @@ def empirical_ntk_fn(f: Callable, *, output: str = "first_logit",
         if (mesh is None and max(n1, n2) <= min(plan.step, chunk, _FUSED_MAX)
                 and feat_total <= memory_budget_bytes() // 2):
             return _kernel_fused_jit(fstatic, fleaves, params, x1, None if same else x2,
-                                     output, impl, precision)
+                                     output, impl, prec)
         if feat_total <= memory_budget_bytes() // 2:
-            f1 = _features_chunked(fstatic, fleaves, params, x1, output, impl, precision,
+            f1 = _features_chunked(fstatic, fleaves, params, x1, output, impl, prec,
                                    _feature_step(plan, c1, n1, mesh), mesh)
             f2 = f1 if same else _features_chunked(
-                fstatic, fleaves, params, x2, output, impl, precision,
+                fstatic, fleaves, params, x2, output, impl, prec,
                 _feature_step(plan, c2, n2, mesh), mesh)
-            return kernel_from_features(f1, f2, chunk_size=chunk_size, precision=precision)
+            return kernel_from_features(f1, f2, chunk_size=chunk_size, precision=prec[0])
         # Features do not fit: recompute the column features for every row chunk.
         rows = []
         for i in range(0, n1, c1):
             f1 = _features_chunked(fstatic, fleaves, params, x1[i:i + c1], output, impl,
-                                   precision, _feature_step(plan, c1, c1, mesh), mesh)
+                                   prec, _feature_step(plan, c1, c1, mesh), mesh)
             cols = []
             for j in range(0, n2, c2):
                 f2 = _features_chunked(fstatic, fleaves, params, x2[j:j + c2], output,
-                                       impl, precision, _feature_step(plan, c2, c2, mesh),
+                                       impl, prec, _feature_step(plan, c2, c2, mesh),
                                        mesh)
                 cols.append(kernel_from_features(f1, f2, chunk_size=chunk,
-                                                 precision=precision))
+                                                 precision=prec[0]))
             rows.append(jnp.concatenate(cols, axis=1))
         return jnp.concatenate(rows, axis=0)
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from lookahead_jax import lookahead as la
 from lookahead_jax import ntk
+from lookahead_jax import precision as precision_policy
 from lookahead_jax.strategies.base import (AcquisitionContext, Selection, check_top_k,
                                            pad_rows, predict, top_k_on_device)
 from lookahead_jax.strategies.options import OptionsError, RidgeOptions, positive
@@ -74,6 +75,10 @@ class LookaheadOptions(RidgeOptions):
       gram_tile: tile size of the symmetric Θ(U, U) (only tiles on and above the
         diagonal are computed).
       eval_x: a separate evaluation set E (inputs ``(E, ...)``; API only), else E = U.
+      precision: matmul precision of the kernels and the algebra
+        (:mod:`lookahead_jax.precision`): ``None`` (the library's policy, HIGHEST unless
+        changed), a preset (``"highest"``, ``"fast_kernel"``, ``"default"``) or
+        ``"algebra=highest,kernel=default,forward=default"``.
       jitter, u_floor, chunk_size: see :class:`~.options.RidgeOptions`.
     """
 
@@ -86,10 +91,15 @@ class LookaheadOptions(RidgeOptions):
     ntk_chunk_size: Optional[int] = None
     gram_tile: int = 512
     eval_x: Any = None
+    precision: Optional[str] = None
 
     def check(self):
         super().check()
         positive(self, "gram_tile", "ntk_chunk_size")
+        try:
+            precision_policy.parse(self.precision)
+        except ValueError as e:
+            raise OptionsError(f"option 'precision': {e}") from None
         if not self.block and (self.streaming or self.eval_x is not None
                                or self.kernel == "full"):
             raise OptionsError("block=False (the paper's 'NTK w/o Block') supports batch-mode "
@@ -115,13 +125,14 @@ def kernels(ctx: AcquisitionContext, opts: LookaheadOptions, x_labeled: Array,
     """
     f, params = ctx.apply_fn, ctx.params
     kw = dict(output=opts.kernel, implementation=opts.ntk_implementation,
-              chunk_size=opts.ntk_chunk_size)
+              chunk_size=opts.ntk_chunk_size, precision=precision_policy.parse(opts.precision))
     if opts.ntk_implementation == "jvp_vjp" and not streaming and opts.eval_x is None:
         ks = ntk.kernel_set(f, params, x_labeled, ctx.x_candidates, **kw)
         return dict(k_ll=ks.ll, k_ul=ks.ul, k_uu=ks.uu), None
     fl = ntk.ntk_features(f, params, x_labeled, **kw)
     fu = ntk.ntk_features(f, params, jnp.asarray(ctx.x_candidates), **kw)
-    kf = functools.partial(ntk.kernel_from_features, chunk_size=opts.ntk_chunk_size)
+    kf = functools.partial(ntk.kernel_from_features, chunk_size=opts.ntk_chunk_size,
+                           precision=kw["precision"])
     out = dict(k_ll=kf(fl, fl), k_ul=kf(fu, fl))
     x_eval = opts.eval_x
     fe = fu if x_eval is None else ntk.ntk_features(f, params, jnp.asarray(x_eval), **kw)
@@ -129,7 +140,8 @@ def kernels(ctx: AcquisitionContext, opts: LookaheadOptions, x_labeled: Array,
         out["k_el"] = kf(fe, fl)
     if not streaming:
         # Θ(U, U) is symmetric: the engine computes the tiles on and above the diagonal
-        out["k_uu"] = ntk.kernel_from_features(fu, fu, chunk_size=opts.gram_tile)
+        out["k_uu"] = ntk.kernel_from_features(fu, fu, chunk_size=opts.gram_tile,
+                                               precision=kw["precision"])
         if x_eval is not None:
             out["k_eu"] = kf(fe, fu)
         return out, None
@@ -182,7 +194,7 @@ def _system(ctx: AcquisitionContext, opts: LookaheadOptions, extra: int, sequent
     state, spec, info = la.build_system(
         y_l=y_l, f_l=f_l, f_u=f_u, f_e=f_e, num_classes=C, num_labeled=L, capacity=N,
         jitter=opts.jitter, u_floor=opts.u_floor, chunk_size=opts.chunk_size,
-        sequential=sequential, **blocks)
+        sequential=sequential, precision=precision_policy.parse(opts.precision), **blocks)
     return state, spec, dict(info, kernel_s=t_kernel), row_block
 
 
@@ -631,7 +643,8 @@ def acquire(ctx: AcquisitionContext, kind: str) -> Acquisition:
         lam = _ridge(blocks["k_ll"], ctx.num_labeled, opts.jitter)
         scores = la.augmented_system_scores(blocks["k_ll"], blocks["k_ul"], blocks["k_uu"],
                                             info["f_l"], info["y_l"], info["f_u"], lam,
-                                            opts.chunk_size, num_labeled=ctx.num_labeled)
+                                            opts.chunk_size, num_labeled=ctx.num_labeled,
+                                            precision=precision_policy.parse(opts.precision))
         idx, bad, worst = top_k_on_device(scores, q)
         # the best score comes to the host and is divided there (as it always was)
         logged = dict(bad=bad, worst=worst, top=_top_score(scores, 1))
