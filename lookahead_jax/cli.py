@@ -62,6 +62,10 @@ _WORKDIR = flags.DEFINE_string(
 _PRINT = flags.DEFINE_bool(
     "print_config", False, "print the resolved run settings as JSON and exit (runs nothing)")
 
+_PLAN = flags.DEFINE_bool(
+    "plan", False, "print per cycle the kernel and look-ahead FLOPs, peak memory, estimated "
+    "seconds on this device and whether it fits (lookahead_jax.plan); trains nothing")
+
 _NOT_SHORT = ("model_kwargs", "strategy_options", "train")
 
 
@@ -248,6 +252,12 @@ def main(argv: Sequence[str]) -> None:
             if _PRINT.value:
                 print(json.dumps({**config.to_dict(), "strategy": ",".join(names)}, indent=2,
                                  sort_keys=True))
+                return
+            if _PLAN.value:
+                from lookahead_jax import plan
+                plans = plan.plan_config(config)
+                print(plan.format_plan(config, plans))
+                plan.check_fits(config, plans)
                 return
             workdir = _WORKDIR.value or os.path.join(
                 "runs", f"{config.dataset}_{config.model}_seed{config.seed}")
