@@ -90,3 +90,17 @@ def test_an_impossible_plan_is_refused_in_one_line():
     u = int(msg.split("subset_size <= ")[1].split(",")[0])
     plans = plan.plan_config(_config(subset_size=u), memory=200_000)
     assert plans[0].fits
+
+
+class _FakeAccelerator:
+    platform, device_kind = "gpu", "fake H200"
+
+    def memory_stats(self):
+        return {"bytes_limit": 100 << 30, "bytes_in_use": 20 << 30}
+
+
+def test_budgets_come_from_memory_stats_where_the_backend_has_them(monkeypatch):
+    from lookahead_jax.ntk import planner
+    monkeypatch.setattr(jax, "devices", lambda *a: [_FakeAccelerator()])
+    assert planner.memory_budget_bytes() == (80 << 30) // 2
+    assert plan.device_memory() == (100 << 30, "gpu memory_stats bytes_limit")

@@ -8,8 +8,8 @@ feature call, contraction and row-assembly FLOPs) and into the FLOP counts of
 ``ntk.kernel_cost``. It never imports the engine: the engine passes the traced program,
 its layers, the memory budget and the step size in.
 
-Memory budget (:func:`memory_budget_bytes`): 1/2 of an accelerator's
-``memory_stats()['bytes_limit']``; where the backend has no ``memory_stats`` (CPU), min(1/8
+Memory budget (:func:`memory_budget_bytes`): 1/2 of an accelerator's free memory,
+``memory_stats()['bytes_limit'] − ['bytes_in_use']``; where the backend has no ``memory_stats`` (CPU), min(1/8
 of physical RAM, 1/2 of the RAM free now) from ``os.sysconf``; 4 GiB where neither is
 known.
 """
@@ -37,12 +37,14 @@ DEFAULT_BUDGET = 4 << 30
 
 
 def memory_budget_bytes() -> int:
-    """Bytes the engine allows itself: 1/2 of an accelerator's limit, else
-    min(1/8 of physical RAM, 1/2 of the RAM free now)."""
+    """Bytes the engine allows itself: 1/2 of what an accelerator's allocator has free
+    (``memory_stats()``: ``bytes_limit − bytes_in_use``), else min(1/8 of physical RAM,
+    1/2 of the RAM free now)."""
     try:
         stats = jax.devices()[0].memory_stats()
         if stats and "bytes_limit" in stats:
-            return int(stats["bytes_limit"]) // 2
+            free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+            return max(free, 0) // 2
     except Exception:  # noqa: BLE001  (CPU devices may not implement memory_stats)
         pass
     try:
