@@ -254,11 +254,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes, JSON to /tmp")
     ap.add_argument("--out", default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--print_table", default=None, help="print the table of a JSON file")
+    ap.add_argument("--table", default=None,
+                    help="print the README's table of a JSON file (rows 'both' are in the "
+                         "JSON only)")
     a = ap.parse_args(argv)
-    if a.print_table:
-        with open(a.print_table) as fh:
-            print(table(json.load(fh)["rows"]))
+    if a.table:
+        with open(a.table) as fh:
+            print(table([r for r in json.load(fh)["rows"] if r["target"] != "both"]))
         return None
     ds = data.load_dataset("digits")
     sizes = [(100, 40), (200, 40)] if a.quick else [(100, 400), (1000, 400)]
