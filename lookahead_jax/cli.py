@@ -169,6 +169,10 @@ COMMON_FLAGS = ("config", "dataset", "model", "strategy", "cycles", "initial_siz
                 "query_size", "subset_size", "epochs", "batch_size", "learning_rate", "seed",
                 "oracle", "sequential", "stop", "stop_options", "workdir", "print_config")
 
+_PLAN = flags.DEFINE_bool(
+    "plan", False, "print per cycle the kernel and look-ahead FLOPs, peak memory, estimated "
+    "seconds on this device and whether it fits (lookahead_jax.plan); trains nothing")
+
 _NOT_SHORT = ("model_kwargs", "strategy_options", "train")
 _DICT_FLAGS = ("stop_options",)   # short flags whose value is a JSON object
 
@@ -637,6 +641,12 @@ def main(argv: Sequence[str]) -> None:
             if _PRINT.value:
                 print(json.dumps({**config.to_dict(), "strategy": ",".join(names)}, indent=2,
                                  sort_keys=True))
+                return
+            if _PLAN.value:
+                from lookahead_jax import plan
+                plans = plan.plan_config(config)
+                print(plan.format_plan(config, plans))
+                plan.check_fits(config, plans)
                 return
             workdir = _WORKDIR.value or os.path.join(
                 "runs", f"{config.dataset}_{config.model}_seed{config.seed}")

@@ -109,6 +109,7 @@ import tqdm
 
 from jax.scipy.linalg import solve_triangular
 
+from lookahead_jax import precision as _precision
 from lookahead_jax.numerics import entropy
 
 Array = jax.Array
@@ -132,6 +133,8 @@ class Spec:
       chunk: candidates scored per vmapped chunk (U is padded to a multiple of it).
       eval_is_cand: E = U (the paper's default).
       u_floor: Schur complements are clamped below at ``u_floor`` · κ (relative).
+      precision: ``jax.lax.Precision`` of every matmul of the algebra
+        (:mod:`lookahead_jax.precision`, the policy's ``algebra``).
     """
 
     block: int
@@ -140,6 +143,7 @@ class Spec:
     chunk: int
     eval_is_cand: bool
     u_floor: float
+    precision: jax.lax.Precision = jax.lax.Precision.HIGHEST
 
 
 class LookaheadState(NamedTuple):
@@ -175,6 +179,11 @@ class LookaheadState(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- layout
+
+
+def _mm(a: Array, b: Array, precision) -> Array:
+    """``a @ b`` at the policy's ``precision`` (every matmul of the algebra goes here)."""
+    return jnp.matmul(a, b, precision=precision)
 
 
 def _block_size(k) -> int:
@@ -235,7 +244,8 @@ def build_system(k_ll, k_ul, y_l, f_l, f_u, *, num_classes: int, k_uu=None,
                  kappa=None, k_el=None, k_eu=None, f_e=None, num_labeled=None,
                  capacity: Optional[int] = None, jitter: float = 1e-5,
                  u_floor: float = 1e-6, chunk_size: int = 256,
-                 sequential: bool = False) -> tuple[LookaheadState, Spec, dict]:
+                 sequential: bool = False, precision=None
+                 ) -> tuple[LookaheadState, Spec, dict]:
     """Pads the kernels of one cycle and factors Θ(X, X) (batch or sequential mode).
 
     Everything runs in one jitted device computation (padding included); nothing comes
@@ -262,6 +272,9 @@ def build_system(k_ll, k_ul, y_l, f_l, f_u, *, num_classes: int, k_uu=None,
       u_floor: Schur complements are clamped at ``u_floor`` · κ.
       chunk_size: candidates per chunk; U is padded to a multiple.
       sequential: also form A = W_Eᵀ W_U − Θ(E, U) (needed by :func:`add_labeled`).
+      precision: the matmul precision of every later call on this system (kept in
+        ``spec``): a ``jax.lax.Precision``, a :class:`~lookahead_jax.precision.PrecisionPolicy`
+        or preset name (its ``algebra``), or ``None`` for the library's policy now.
 
     Returns:
       ``(state, spec, info)``; info holds ``jitter`` (relative), ``capacity``, ``block``,
@@ -276,7 +289,8 @@ def build_system(k_ll, k_ul, y_l, f_l, f_u, *, num_classes: int, k_uu=None,
     N = max(int(capacity or 0), rows)
     chunk, Up = chunk_layout(U, chunk_size)
     spec = Spec(block=b, q=c // b, num_classes=c, chunk=chunk, eval_is_cand=k_el is None,
-                u_floor=float(u_floor))
+                u_floor=float(u_floor),
+                precision=_precision.resolve(precision, "algebra"))
     n = to_device(rows if num_labeled is None else num_labeled, jnp.int32)
     state = _build(spec, N, Up, bool(sequential), k_ll, k_ul, y_l, f_l, f_u, n,
                    to_device(jitter, jnp.result_type(float)), k_uu, kappa, k_el, k_eu, f_e)
@@ -332,26 +346,27 @@ def _build(spec: Spec, N: int, Up: int, sequential: bool, k_ll, k_ul, y_l, f_l, 
 def _factor(spec, kll, kul, resid, n, fu, kap, avail, mask_e, lam, kuu, kel, fe, keu,
             sequential):
     """Cholesky, W, linearised predictions and Schur complements (Eq. 10-12)."""
-    b = spec.block
+    b, p = spec.block, spec.precision
     nb = kll.shape[0]
     real = (jnp.arange(nb) < n * b).astype(kll.dtype)
     chol = jnp.linalg.cholesky(kll + jnp.diag(lam * real))
     z = solve_triangular(chol, resid, lower=True)                  # Lc⁻¹ r   (N·B, Q)
     w_u = solve_triangular(chol, kul.T, lower=True)                # (N·B, U·B)
-    lin_u = fu + w_u.T @ z                                         # f + Θ(U,X) K⁻¹ r
+    lin_u = fu + _mm(w_u.T, z, p)                                  # f + Θ(U,X) K⁻¹ r
     wsq = w_u.reshape(nb, -1, b)
-    schur = kap + lam * jnp.eye(b, dtype=kll.dtype)[None] - jnp.einsum("kia,kib->iab", wsq, wsq)
+    schur = kap + lam * jnp.eye(b, dtype=kll.dtype)[None] - jnp.einsum(
+        "kia,kib->iab", wsq, wsq, precision=p)
     if spec.eval_is_cand:
         w_e = lin_e = ref_e = None
     else:
         w_e = solve_triangular(chol, kel.T, lower=True)
-        lin_e = fe + w_e.T @ z
+        lin_e = fe + _mm(w_e.T, z, p)
         ref_e = fe
     a_uu = a_ue = None
     if sequential:
-        a_uu = w_u.T @ w_u - kuu
+        a_uu = _mm(w_u.T, w_u, p) - kuu
         if not spec.eval_is_cand:
-            a_ue = w_u.T @ w_e - keu
+            a_ue = _mm(w_u.T, w_e, p) - keu
         w_u = w_e = None
     return LookaheadState(chol=chol, k_ll=kll, k_ul=kul, resid=resid, n=n, f_u=fu,
                           lin_u=lin_u, ref_u=fu, kappa=kap, schur=schur,
@@ -363,7 +378,7 @@ def _factor(spec, kll, kul, resid, n, fu, kap, avail, mask_e, lam, kuu, kel, fe,
 # ----------------------------------------------------------------------------- one candidate
 
 
-def _schur_inverse(u: Array, kappa: Array, floor: float):
+def _schur_inverse(u: Array, kappa: Array, floor: float, precision):
     """Clamped inverse of one Schur complement: u ``(B, B)`` → (u⁻¹, clamped?).
 
     B = 1: u ← max(u, floor·κ). B > 1: eigenvalues clamped at floor·tr(κ)/B.
@@ -375,21 +390,21 @@ def _schur_inverse(u: Array, kappa: Array, floor: float):
     sym = 0.5 * (u + u.T)
     ev, vec = jnp.linalg.eigh(sym)
     lo = floor * jnp.trace(kappa) / b
-    return (vec / jnp.maximum(ev, lo)[None, :]) @ vec.T, jnp.any(ev < lo)
+    return _mm(vec / jnp.maximum(ev, lo)[None, :], vec.T, precision), jnp.any(ev < lo)
 
 
 def _one_hot_block(y: Array, spec: Spec) -> Array:
     return jax.nn.one_hot(y, spec.num_classes, dtype=jnp.float32).reshape(spec.block, spec.q)
 
 
-def _outputs(a_row, u_inv, lin_c, y_block, lin_e):
+def _outputs(a_row, u_inv, lin_c, y_block, lin_e, precision):
     """f^lin_{L+} on E for one candidate and one label (Eq. 12): ``(E·B, Q)``.
 
     a_row ``(B, E·B)``: the candidate's row block of Aᵀ, i.e. (Θ(E,X) K⁻¹ Θ(X,x') −
     Θ(E,x'))ᵀ; u_inv ``(B, B)``; lin_c, y_block ``(B, Q)``; lin_e ``(E·B, Q)``.
     """
-    c = u_inv @ (lin_c - y_block.astype(lin_c.dtype))            # (vᵀr − r') / u
-    return lin_e + a_row.T @ c
+    c = _mm(u_inv, lin_c - y_block.astype(lin_c.dtype), precision)   # (vᵀr − r') / u
+    return lin_e + _mm(a_row.T, c, precision)
 
 
 def _candidate_score(kind: str, spec: Spec, ref_is_lin: bool, a_row, u_inv, lin_c, ref_c,
@@ -407,7 +422,7 @@ def _candidate_score(kind: str, spec: Spec, ref_is_lin: bool, a_row, u_inv, lin_
     y_hat = jnp.argmax(ref_flat)
 
     def change(y):
-        new = _outputs(a_row, u_inv, lin_c, _one_hot_block(y, spec), lin_e)
+        new = _outputs(a_row, u_inv, lin_c, _one_hot_block(y, spec), lin_e, spec.precision)
         return new.reshape(E, C)
 
     if kind == "mlmoc" and spec.block == 1:
@@ -418,7 +433,8 @@ def _candidate_score(kind: str, spec: Spec, ref_is_lin: bool, a_row, u_inv, lin_
         if ref_is_lin:
             return jnp.linalg.norm(c) * jnp.sum(mask_e * jnp.abs(a))
         off = lin_e - ref_e                                                 # (E, C)
-        sq = jnp.sum(off * off, -1) + 2.0 * a * (off @ c) + a * a * jnp.dot(c, c)
+        sq = (jnp.sum(off * off, -1) + 2.0 * a * _mm(off, c, spec.precision)
+              + a * a * jnp.sum(c * c))
         return jnp.sum(mask_e * jnp.sqrt(jnp.maximum(sq, 0.0)))
     if kind == "mlmoc":
         d = change(y_hat) - ref_e.reshape(E, C)
@@ -448,7 +464,8 @@ def _chunk_scores(kind, spec, ref_is_lin, a_rows, start, st: LookaheadState):
     sl = lambda x, m: jax.lax.dynamic_slice_in_dim(x, start * m, k * m, axis=0)
     lin_c = sl(st.lin_u, b).reshape(k, b, q)
     ref_c = sl(st.ref_u, b).reshape(k, b, q)
-    u_inv, clamped = jax.vmap(_schur_inverse, in_axes=(0, 0, None))(
+    u_inv, clamped = jax.vmap(functools.partial(_schur_inverse, precision=spec.precision),
+                              in_axes=(0, 0, None))(
         sl(st.schur, 1), sl(st.kappa, 1), spec.u_floor)
     lin_e = st.lin_u if spec.eval_is_cand else st.lin_e
     ref_e = st.ref_u if spec.eval_is_cand else st.ref_e
@@ -476,7 +493,8 @@ def _batch_scores(kind: str, spec: Spec, st: LookaheadState):
         start = i * k
         w_c = jax.lax.dynamic_slice_in_dim(st.w_u, start * b, k * b, axis=1)
         k_c = jax.lax.dynamic_slice_in_dim(k_ue, start * b, k * b, axis=0)
-        return _chunk_scores(kind, spec, False, w_c.T @ w_e - k_c, start, st)
+        return _chunk_scores(kind, spec, False, _mm(w_c.T, w_e, spec.precision) - k_c,
+                             start, st)
 
     return _map_chunks(one, st.kappa.shape[0] // k)
 
@@ -488,7 +506,8 @@ def _sequential_scores(kind: str, spec: Spec, ref_is_lin: bool, st: LookaheadSta
     a = st.a_uu if spec.eval_is_cand else st.a_ue
     if kind == "mlmoc" and b == 1 and ref_is_lin:
         # One pass over Aᵀ: ‖c_j‖ Σ_i mask_i |a_ij| (no chunking needed: O(U) output).
-        u_inv, clamped = jax.vmap(_schur_inverse, in_axes=(0, 0, None))(
+        u_inv, clamped = jax.vmap(functools.partial(_schur_inverse, precision=spec.precision),
+                              in_axes=(0, 0, None))(
             st.schur, st.kappa, spec.u_floor)
         y = jax.nn.one_hot(jnp.argmax(st.ref_u, -1), spec.num_classes, dtype=a.dtype)
         cn = u_inv[:, 0, 0] * jnp.linalg.norm(st.lin_u - y, axis=-1)
@@ -514,7 +533,8 @@ def _streaming_chunk(kind: str, spec: Spec, st: LookaheadState, start, k_ue_rows
     rows = _pad2(flatten_kernel(k_ue_rows), spec.chunk * spec.block, w_e.shape[1])
     w_c = jax.lax.dynamic_slice_in_dim(st.w_u, start * spec.block, spec.chunk * spec.block,
                                        axis=1)
-    s, c = _chunk_scores(kind, spec, False, w_c.T @ w_e - rows, start, st)
+    s, c = _chunk_scores(kind, spec, False, _mm(w_c.T, w_e, spec.precision) - rows,
+                         start, st)
     return s, jnp.sum(c)
 
 
@@ -592,7 +612,7 @@ class _StepVectors(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _step_vectors(spec: Spec, state: LookaheadState, j, label) -> _StepVectors:
-    b = spec.block
+    b, p = spec.block, spec.precision
     n = state.n
     dt = state.chol.dtype
     eye = jnp.eye(b, dtype=dt)
@@ -600,8 +620,8 @@ def _step_vectors(spec: Spec, state: LookaheadState, j, label) -> _StepVectors:
     k_sx = jax.lax.dynamic_slice_in_dim(state.k_ul, j * b, b, axis=0)       # Θ(s, X) (B, N·B)
     kap = jax.lax.dynamic_index_in_dim(state.kappa, j, keepdims=False)       # (B, B)
     l = solve_triangular(state.chol, k_sx.T, lower=True)                     # (N·B, B)
-    s_mat = kap + state.lam * eye - l.T @ l                                 # Schur (B, B)
-    s_inv, _ = _schur_inverse(s_mat, kap, spec.u_floor)
+    s_mat = kap + state.lam * eye - _mm(l.T, l, p)                          # Schur (B, B)
+    s_inv, _ = _schur_inverse(s_mat, kap, spec.u_floor, p)
     if b == 1:
         d = jnp.sqrt(jnp.maximum(s_mat, spec.u_floor * kap))
     else:
@@ -622,7 +642,7 @@ def _step_vectors(spec: Spec, state: LookaheadState, j, label) -> _StepVectors:
     if not spec.eval_is_cand:
         w_e = -jax.lax.dynamic_slice_in_dim(state.a_ue, j * b, b, axis=0).T   # (E·B, B)
     return _StepVectors(row=row, krow=krow, k_us=k_us, resid=y_blk - f_s, w_u=w_u,
-                        ws=w_u @ s_inv, c_s=s_inv @ (lin_s - y_blk), w_e=w_e)
+                        ws=_mm(w_u, s_inv, p), c_s=_mm(s_inv, lin_s - y_blk, p), w_e=w_e)
 
 
 def _outer_add(a, left, right):
@@ -635,16 +655,16 @@ def _outer_add(a, left, right):
 
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnames=("state",))
 def _apply_step(spec: Spec, state: LookaheadState, v: _StepVectors, j) -> LookaheadState:
-    b = spec.block
+    b, p = spec.block, spec.precision
     n = state.n
     chol = jax.lax.dynamic_update_slice_in_dim(state.chol, v.row, n * b, axis=0)
     k_ll = jax.lax.dynamic_update_slice_in_dim(state.k_ll, v.krow, n * b, axis=0)
     k_ll = jax.lax.dynamic_update_slice_in_dim(k_ll, v.krow.T, n * b, axis=1)
     k_ul = jax.lax.dynamic_update_slice_in_dim(state.k_ul, v.k_us, n * b, axis=1)
     resid = jax.lax.dynamic_update_slice_in_dim(state.resid, v.resid, n * b, axis=0)
-    lin_u = state.lin_u - v.w_u @ v.c_s
+    lin_u = state.lin_u - _mm(v.w_u, v.c_s, p)
     schur = state.schur - jnp.einsum("iab,icb->iac", v.ws.reshape(-1, b, b),
-                                     v.w_u.reshape(-1, b, b))
+                                     v.w_u.reshape(-1, b, b), precision=p)
     upd = dict(chol=chol, k_ll=k_ll, k_ul=k_ul, resid=resid, n=n + 1,
                a_uu=_outer_add(state.a_uu, v.ws, v.w_u), lin_u=lin_u, ref_u=lin_u,
                schur=schur, available=state.available.at[j].set(False))
@@ -652,7 +672,7 @@ def _apply_step(spec: Spec, state: LookaheadState, v: _StepVectors, j) -> Lookah
         upd["mask_e"] = state.mask_e.at[j].set(0.0)
     else:
         upd["a_ue"] = _outer_add(state.a_ue, v.ws, v.w_e)
-        upd["lin_e"] = state.lin_e - v.w_e @ v.c_s
+        upd["lin_e"] = state.lin_e - _mm(v.w_e, v.c_s, p)
         upd["ref_e"] = upd["lin_e"]
     return state._replace(**upd)
 
@@ -692,18 +712,19 @@ def lookahead_outputs(spec: Spec, state: LookaheadState, labels: Optional[Array]
     w_e = state.w_u if spec.eval_is_cand else state.w_e
     k_ue = state.k_uu if spec.eval_is_cand else state.k_ue
     lin_e = state.lin_u if spec.eval_is_cand else state.lin_e
-    a_t = (state.w_u.T @ w_e - k_ue).reshape(U, b, -1)
+    a_t = (_mm(state.w_u.T, w_e, spec.precision) - k_ue).reshape(U, b, -1)
     if labels is None:
         labels = jnp.argmax(state.ref_u.reshape(U, C), -1)
-    u_inv, _ = jax.vmap(_schur_inverse, in_axes=(0, 0, None))(state.schur, state.kappa,
-                                                               spec.u_floor)
-    out = jax.vmap(lambda ar, ui, lc, y: _outputs(ar, ui, lc, _one_hot_block(y, spec), lin_e)
-                   )(a_t, u_inv, state.lin_u.reshape(U, b, q), labels)
+    u_inv, _ = jax.vmap(functools.partial(_schur_inverse, precision=spec.precision),
+        in_axes=(0, 0, None))(
+        state.schur, state.kappa, spec.u_floor)
+    out = jax.vmap(lambda ar, ui, lc, y: _outputs(ar, ui, lc, _one_hot_block(y, spec), lin_e,
+                                                  spec.precision))(a_t, u_inv, state.lin_u.reshape(U, b, q), labels)
     return out.reshape(U, -1, C)
 
 
 def augmented_system_scores(k_ll, k_ul, k_uu, f_l, y_l, f_u, lam, chunk: int = 256,
-                            num_labeled=None) -> Array:
+                            num_labeled=None, precision=None) -> Array:
     """MLMOC by solving every candidate's augmented (L+1)×(L+1) system: no Eq. 12.
 
     The paper's "NTK w/o Block" (Fig. 1a): the same kernels, but for each candidate x′
@@ -717,6 +738,7 @@ def augmented_system_scores(k_ll, k_ul, k_uu, f_l, y_l, f_u, lam, chunk: int = 2
       chunk: candidates solved per vmapped call.
       num_labeled: the real L when the labeled side is padded (rows ≥ it are replaced by
         identity rows with zero residuals, which leaves every solution unchanged).
+      precision: as :func:`build_system`'s.
 
     Returns:
       ``(U,)`` Σ_x ‖f^lin_{L+}(x) − f_L(x)‖₂ over the candidates (Eq. 13), on device.
@@ -728,9 +750,10 @@ def augmented_system_scores(k_ll, k_ul, k_uu, f_l, y_l, f_u, lam, chunk: int = 2
     n = L if num_labeled is None else num_labeled
     k_ll, k_ul, r = _mask_labeled(k_ll, k_ul, jnp.asarray(y_l), f_l, to_device(n, jnp.int32))
     yhat = jax.nn.one_hot(jnp.argmax(f_u, -1), C, dtype=f_u.dtype)
+    p = _precision.resolve(precision, "algebra")
     return jnp.concatenate([_augmented_chunk(k_ll, k_ul, k_uu, r, yhat, f_u, lam,
                                              _positions(to_device(s, jnp.int32),
-                                                        min(chunk, U - s)))
+                                                        min(chunk, U - s)), p)
                             for s in range(0, U, chunk)])
 
 
@@ -748,8 +771,8 @@ def _mask_labeled(k_ll, k_ul, y_l, f_l, n):
     return k_ll, jnp.where(real[None, :], k_ul, 0), r
 
 
-@jax.jit
-def _augmented_chunk(k_ll, k_ul, k_uu, r, yhat, f_u, lam, js):
+@functools.partial(jax.jit, static_argnums=(8,))
+def _augmented_chunk(k_ll, k_ul, k_uu, r, yhat, f_u, lam, js, precision):
     L = k_ll.shape[0]
 
     def one(j):
@@ -757,7 +780,7 @@ def _augmented_chunk(k_ll, k_ul, k_uu, r, yhat, f_u, lam, js):
         kaug = jnp.block([[k_ll + lam * jnp.eye(L, dtype=k_ll.dtype), kj[:, None]],
                           [kj[None, :], (k_uu[j, j] + lam)[None, None]]])
         alpha = jnp.linalg.solve(kaug, jnp.concatenate([r, (yhat[j] - f_u[j])[None]]))
-        change = k_ul @ alpha[:L] + k_uu[:, j][:, None] * alpha[L][None]
+        change = _mm(k_ul, alpha[:L], precision) + k_uu[:, j][:, None] * alpha[L][None]
         return jnp.sum(jnp.linalg.norm(change, axis=-1))
 
     return jax.vmap(one)(js)

@@ -14,7 +14,8 @@ README = (REPO / "README.md").read_text()
 
 
 @pytest.mark.parametrize("script", ["benchmarks/ntk_vs_nt.py", "benchmarks/theorem31.py",
-                                    "benchmarks/projected_bench.py"])
+                                    "benchmarks/projected_bench.py",
+                                    "benchmarks/precision_emulation.py"])
 def test_readme_quotes_the_table_its_json_prints(script):
     quoted = re.findall(rf"`python {script} --table (benchmarks/results/[\w.]+\.json)`", README)
     assert quoted, f"the README names no results file of {script}"

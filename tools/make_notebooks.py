@@ -33,6 +33,21 @@ if "google.colab" in sys.modules:
               "then run it again.")
 '''
 
+ACCELERATOR = '''\
+# @title Which accelerator, and the precision policy (lookahead_jax/precision.py)
+import jax
+from lookahead_jax import precision
+_dev = jax.devices()[0]
+print(f"JAX {jax.__version__} on {_dev.platform.upper()} ({_dev.device_kind}), "
+      f"{jax.device_count()} device(s)")
+if _dev.platform in ("tpu", "gpu"):
+    # TPUs run float32 matmuls as one bfloat16 pass and recent GPUs as TF32 unless told
+    # otherwise: the look-ahead algebra needs full float32 (README, "Precision").
+    # "fast_kernel" lowers only the kernel's precision, measured not to move the picks.
+    precision.set_policy("highest")
+print("precision policy:", precision.policy())
+'''
+
 SMOKE = '''\
 import os
 SMOKE = os.environ.get("LOOKAHEAD_NOTEBOOK_SMOKE") == "1"  # tiny settings for CI
@@ -61,6 +76,7 @@ instead of being run. The whole run uses the same library call as
 `python -m experiments.main`.
 """),
         code(INSTALL),
+        code(ACCELERATOR),
         code(SMOKE + '''
 import tempfile
 import matplotlib.pyplot as plt
@@ -179,6 +195,7 @@ on squared loss. We do this for a narrow and a wide one-hidden-layer MLP. Theore
 Lee et al. (2019) say the two should agree better as the width grows.
 """),
         code(INSTALL),
+        code(ACCELERATOR),
         code(SMOKE + """
 import jax
 import jax.numpy as jnp
@@ -339,6 +356,7 @@ A simulated annotator answers at once. We track the test accuracy of the lineari
 model after every label, for MLMOC picks and for random picks.
 """),
         code(INSTALL),
+        code(ACCELERATOR),
         code(SMOKE + """
 import time
 import jax
@@ -445,6 +463,7 @@ unknown labels), `data.load_dataset("npz:my_pool.npz")` or
 `data.load_dataset("folder:my_images")`.
 """),
         code(INSTALL),
+        code(ACCELERATOR),
         code(SMOKE + """
 import os
 import jax

@@ -71,34 +71,49 @@ its own devices' rows), so the examples of a chunk are split over the processes.
 code accepts them as they are.
 
 Cost: :func:`kernel_cost` counts, without computing anything, the FLOPs and feature
-memory a call will take (the benchmarks' FLOP counts come from it).
+memory a call will take (the benchmarks' FLOP counts come from it). The memory planner
+and the cost model live in :mod:`lookahead_jax.ntk.planner`, the mesh and padding
+helpers in :mod:`lookahead_jax.ntk.batching`; both get what they need from here as
+arguments and import nothing of this module.
 
-Precision: float32 unless x64 is enabled (then float64 inputs stay float64);
-``precision`` (a ``jax.lax.Precision``) is passed to every contraction.
+Precision: float32 unless x64 is enabled (then float64 inputs stay float64). Every
+contraction runs at an explicit ``jax.lax.Precision`` and the network's own passes under
+``jax.default_matmul_precision``, both from :mod:`lookahead_jax.precision`:
+``precision=None`` (the default) takes the library's policy now (``kernel`` and
+``forward``), a ``jax.lax.Precision`` sets the contractions' (forward from the policy), a
+:class:`~lookahead_jax.precision.PrecisionPolicy` or preset name both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import os
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
-from lookahead_jax.distributed import global_array
+from lookahead_jax import precision as _precision
+from lookahead_jax.ntk import planner
 from lookahead_jax.ntk import structured as st
+from lookahead_jax.ntk.batching import mesh as _mesh
+from lookahead_jax.ntk.batching import pad_rows as _pad_rows
+from lookahead_jax.ntk.batching import pad_tree as _pad_feats
+from lookahead_jax.ntk.batching import put as _put
+from lookahead_jax.ntk.batching import round_chunk as _round_chunk
+from lookahead_jax.ntk.planner import FUSED_MAX as _FUSED_MAX
+from lookahead_jax.ntk.planner import MIN_CHUNK as _MIN_CHUNK
+from lookahead_jax.ntk.planner import STEP_BYTES as _STEP_BYTES
+from lookahead_jax.ntk.planner import Plan as _Plan
+from lookahead_jax.ntk.planner import memory_budget_bytes
 
 Array = jax.Array
 PyTree = Any
 
 OUTPUTS = ("first_logit", "sum_logits", "trace", "full")
 IMPLEMENTATIONS = ("jacobian", "jvp_vjp", "structured", "auto")
-_MIN_CHUNK = 8
 
 
 # --------------------------------------------------------------------------- features
@@ -184,14 +199,19 @@ def _use_struct(layer) -> bool:
     return layer.s * layer.s * (layer.d_in + layer.d_out + b) <= (layer.d_in + b) * layer.d_out
 
 
-def _structured_plan(f, params, x1_shape, x_dtype, output):
-    """Traced program, structured layers (with their S/D sizes) and fallback leaves."""
+def _structured_plan(f, params, x1_shape, x_dtype, output, forward=None):
+    """Traced program, structured layers (with their S/D sizes) and fallback leaves.
+
+    ``f`` is traced under ``jax.default_matmul_precision(forward)`` (default HIGHEST), so
+    its dots and convolutions carry that precision when the program is evaluated.
+    """
     leaves, treedef = jax.tree.flatten(params)
 
     def g(ls, xb):
         return _scalarise(f(jax.tree.unflatten(treedef, ls), xb), output)
 
-    prog = st.trace_program(g, (leaves, jax.ShapeDtypeStruct(x1_shape, x_dtype)))
+    with _precision.matmul_context(forward):
+        prog = st.trace_program(g, (leaves, jax.ShapeDtypeStruct(x1_shape, x_dtype)))
     layers, fallback = st.analyse(prog, len(leaves))
     use_struct = {l.leaf: _use_struct(l) for l in layers}
     fallback = [i for i in fallback if _is_diff(leaves[i])]
@@ -199,9 +219,11 @@ def _structured_plan(f, params, x1_shape, x_dtype, output):
 
 
 def _features_impl(f, params, x, output, implementation, precision):
+    """``precision``: ``(contractions, forward)`` pair of ``jax.lax.Precision``."""
+    precision, forward = precision
     leaves = jax.tree.leaves(params)
     g, prog, layers, fallback, use_struct = _structured_plan(
-        f, params, (1, *x.shape[1:]), x.dtype, output)
+        f, params, (1, *x.shape[1:]), x.dtype, output, forward)
     if implementation == "jacobian":
         use_struct = {leaf: False for leaf in use_struct}
     probe_ids = [l.out_id for l in layers]
@@ -296,13 +318,14 @@ def _kernel_fused_jit(fstatic, fleaves, params, x1, x2, output, implementation, 
     f1 = _features_impl(f, params, x1, output, implementation, precision)
     f2 = f1 if x2 is None else _features_impl(f, params, x2, output, implementation,
                                               precision)
-    return _contract(f1, f2, precision)
+    return _contract(f1, f2, precision[0])
 
 
 # ----------------------------------------------------------------------- NTK-vector
-def _jvp_vjp_impl(f, params, x1, x2, output):
+def _jvp_vjp_impl(f, params, x1, x2, output, forward=None):
     def g(p, x):
-        return _scalarise(f(p, x), output)
+        with _precision.matmul_context(forward):
+            return _scalarise(f(p, x), output)
 
     out2, vjp2 = jax.vjp(lambda p: g(p, x2), params)
     n2, k = out2.shape
@@ -321,119 +344,54 @@ def _jvp_vjp_impl(f, params, x1, x2, output):
     return full[:, :, 0, 0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _jvp_vjp_jit(fstatic, fleaves, params, x1, x2, output):
-    return _jvp_vjp_impl(_join_f(fstatic, fleaves), params, x1, x2, output)
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _jvp_vjp_jit(fstatic, fleaves, params, x1, x2, output, forward=None):
+    return _jvp_vjp_impl(_join_f(fstatic, fleaves), params, x1, x2, output, forward)
 
 
-# ------------------------------------------------------------------ memory / devices
-def memory_budget_bytes() -> int:
-    """Bytes the engine allows itself: 1/2 of an accelerator's limit, else
-    min(1/8 of physical RAM, 1/2 of the RAM free now)."""
-    try:
-        stats = jax.devices()[0].memory_stats()
-        if stats and "bytes_limit" in stats:
-            return int(stats["bytes_limit"]) // 2
-    except Exception:  # noqa: BLE001  (CPU devices may not implement memory_stats)
-        pass
-    try:
-        page = os.sysconf("SC_PAGE_SIZE")
-        return min(page * os.sysconf("SC_PHYS_PAGES") // 8,
-                   page * os.sysconf("SC_AVPHYS_PAGES") // 2)
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
+def _levels(precision) -> tuple:
+    """``(contractions, forward)`` ``jax.lax.Precision`` of a ``precision`` argument."""
+    return (_precision.resolve(precision, "kernel"),
+            _precision.parse(None if isinstance(precision, jax.lax.Precision)
+                             else precision).of("forward"))
 
 
-class _Plan(NamedTuple):
-    implementation: str
-    feat_bytes: int      # per example
-    work_bytes: int      # per example, transient (forward + K backward passes)
-    step: int = 1        # examples per call of the feature computation (working set)
-    pair_flops: int = 0  # contraction FLOPs per (x, x') pair (scalar outputs)
-    row_flops: int = 0   # FLOPs per example to assemble Jacobian rows Σ_s a_s ⊗ δ_s
 
-
-# Size of the largest intermediate (activation, cotangent, conv patch matrix, Jacobian
-# rows of one layer) of one call of the feature computation. XLA:CPU allocates its
-# buffers on every call, and the allocator maps buffers ≥ 32 MiB afresh each time: first
-# touches of fresh pages run at ~1 GB/s on a VM, 10-20× slower than warm memory. Calls
-# of few examples keep conv nets' patch matrices small; MLPs still run whole batches.
-_STEP_BYTES = 6 << 20
-# Largest side computed by the single-program path (features + contraction in one jit).
-_FUSED_MAX = 4096
-
-
+# ------------------------------------------------------------------------ planning
+# The planner (lookahead_jax.ntk.planner) gets the trace, the budget and the step size
+# from here; the names are read at call time (tests patch them on this module).
 _PLANS: dict = {}
 
 
-def _make_plan(fstatic, fleaves, params, x, output, implementation, precision) -> _Plan:
-    """Cached by static structure and shapes (tracing costs ~10-100 ms per call)."""
+def _make_plan(fstatic, fleaves, params, x, output, implementation, precision=None) -> _Plan:
+    """Cached by static structure and shapes (tracing costs ~10-100 ms per call).
+
+    ``precision`` does not change a plan; it is accepted so that every driver passes
+    the same arguments.
+    """
+    del precision
     sig = lambda t: tuple((tuple(np.shape(a)), str(jnp.result_type(a)))  # noqa: E731
                           for a in jax.tree.leaves(t))
     key = (fstatic, sig(fleaves), jax.tree.structure(params), sig(params),
-           tuple(x.shape[1:]), str(x.dtype), output, implementation, precision)
-    try:
-        return _PLANS[key]
-    except TypeError:                                    # unhashable f: no caching
-        return _plan_uncached(fstatic, fleaves, params, x, output, implementation, precision)
-    except KeyError:
-        plan = _plan_uncached(fstatic, fleaves, params, x, output, implementation, precision)
-        if len(_PLANS) > 256:
-            _PLANS.clear()
-        _PLANS[key] = plan
-        return plan
+           tuple(x.shape[1:]), str(x.dtype), output, implementation)
+
+    def build():
+        _, prog, layers, fallback, use_struct = _structured_plan(
+            _join_f(fstatic, fleaves), params, (1, *x.shape[1:]), x.dtype, output)
+        return planner.plan_uncached(prog, layers, fallback, use_struct,
+                                     jax.tree.leaves(params), x.dtype, implementation,
+                                     budget=memory_budget_bytes(), step_bytes=_STEP_BYTES)
+
+    return planner.cached(_PLANS, key, build)
 
 
-def _example_dependent(prog) -> list:
-    """Ids of the program's values computed from the example x (its last input)."""
-    dep = {prog.in_ids[-1]}
-    for node in prog.nodes:
-        if any(r[0] == "v" and r[1] in dep for r in node.ins):
-            dep.update(node.outs)
-    return sorted(dep)
+def _feature_step(plan: _Plan, chunk: int, n: int, mesh) -> int:
+    """Examples per feature call: ≤ ``chunk`` and ≤ the plan's working-set step."""
+    return _round_chunk(min(chunk, plan.step), n, mesh)
 
 
-def _plan_uncached(fstatic, fleaves, params, x, output, implementation, precision) -> _Plan:
-    f = _join_f(fstatic, fleaves)
-    leaves = jax.tree.leaves(params)
-    n_params = sum(int(np.size(l)) for l in leaves)
-    itemsize = jnp.dtype(x.dtype).itemsize
-    _, prog, layers, fallback, use_struct = _structured_plan(
-        f, params, (1, *x.shape[1:]), x.dtype, output)
-    k = prog.avals[prog.out_refs[0][1]].shape[-1]
-    if implementation == "jacobian":
-        use_struct = {leaf: False for leaf in use_struct}
-    n_rows = sum(int(np.size(leaves[i])) for i in fallback)
-    per_example, pair_flops, row_flops = 0, 0, 0
-    per_ex_ids = _example_dependent(prog)
-    largest = max([math.prod(prog.avals[i].shape) for i in per_ex_ids] + [1])
-    for l in layers:
-        b = l.bias is not None
-        if l.kind == "conv":
-            largest = max(largest, l.s * l.d_in)           # its patch matrix
-        if use_struct[l.leaf]:
-            per_example += l.s * l.d_in + k * l.s * l.d_out
-            # Gram of A (S²·D_in), Gram of Δ (S²·D_out·K²), Hadamard and sum (S²·K²)
-            pair_flops += 2 * l.s * l.s * (l.d_in + k * k * l.d_out + k * k)
-        else:
-            n_rows += (l.d_in + b) * l.d_out
-            largest = max(largest, k * (l.d_in + b) * l.d_out)
-            row_flops += 2 * k * l.s * l.d_in * l.d_out
-    per_example += k * n_rows
-    pair_flops += 2 * k * k * n_rows
-    # per-example activations: every value computed from x
-    act = sum(math.prod(prog.avals[i].shape) for i in per_ex_ids) * itemsize
-    work = act * (k + 2)
-    if implementation == "jvp_vjp":
-        return _Plan("jvp_vjp", 0, work + n_params * itemsize)
-    impl = implementation
-    feat = per_example * itemsize
-    if impl == "auto":
-        impl = "structured"
-        if _MIN_CHUNK * (feat + work) > memory_budget_bytes():
-            return _Plan("jvp_vjp", 0, work + n_params * itemsize)
-    step = max(1, _STEP_BYTES // (k * largest * itemsize))
-    return _Plan(impl, feat, work, step, pair_flops, row_flops)
+def _auto_chunk(plan: _Plan, n: int) -> int:
+    return planner.auto_chunk(plan, n, memory_budget_bytes())
 
 
 def kernel_cost(f: Callable, params: PyTree, x1, x2=None, *, output: str = "first_logit",
@@ -489,13 +447,7 @@ def kernel_cost(f: Callable, params: PyTree, x1, x2=None, *, output: str = "firs
     plan = _make_plan(fstatic, fleaves, params, x1, output, implementation, None)
     _, prog, _, _, _ = _structured_plan(_join_f(fstatic, fleaves), params,
                                         (1, *x1.shape[1:]), x1.dtype, output)
-    fwd, bwd = _pass_flops(prog)
-    return dict(implementation=plan.implementation, n1=n1, n2=n2,
-                fwd_flops_per_example=fwd, bwd_flops_per_example=bwd,
-                pair_flops=plan.pair_flops,
-                contraction_flops=plan.pair_flops * n1 * n2,
-                row_flops=plan.row_flops * (n1 + (n2 if x2 is not None else 0)),
-                feature_bytes_per_example=plan.feat_bytes, step=plan.step)
+    return planner.cost(plan, prog, n1, n2, x2 is not None)
 
 
 def _shape_dtype(x) -> jax.ShapeDtypeStruct:
@@ -503,73 +455,6 @@ def _shape_dtype(x) -> jax.ShapeDtypeStruct:
     shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
     return jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(
         x.dtype if hasattr(x, "dtype") else np.result_type(x)))
-
-
-def _pass_flops(prog) -> tuple[int, int]:
-    """(forward, backward) dot_general + convolution FLOPs of the traced one-example program."""
-    k = prog.avals[prog.out_refs[0][1]].shape[-1]
-    param_dep = set(prog.in_ids[:-1])
-    fwd = bwd = 0
-    for node in prog.nodes:
-        if any(r[0] == "v" and r[1] in param_dep for r in node.ins):
-            param_dep.update(node.outs)
-        name = node.prim.name
-        if name not in ("dot_general", "conv_general_dilated") or node.ins[0][0] != "v":
-            continue
-        out = math.prod(prog.avals[node.outs[0]].shape)
-        if name == "dot_general":
-            (ca, _), _ = node.params["dimension_numbers"]
-            lhs = prog.avals[node.ins[0][1]].shape
-            flops = 2 * out * math.prod(lhs[d] for d in ca)
-        else:
-            _, rhs_spec, _ = node.params["dimension_numbers"]
-            rhs = prog.avals[node.ins[1][1]].shape if node.ins[1][0] == "v" \
-                else np.shape(node.ins[1][1])
-            flops = 2 * out * math.prod(rhs[d] for d in rhs_spec[1:])
-        fwd += flops
-        if node.ins[0][1] in param_dep:
-            bwd += k * flops
-    return fwd, bwd
-
-
-def _mesh():
-    devices = jax.devices()
-    if len(devices) < 2:
-        return None
-    return Mesh(np.array(devices), ("batch",))
-
-
-def _put(tree, mesh, spec):
-    """``tree`` laid out over ``mesh`` as ``spec`` (unchanged without a mesh).
-
-    One process: ``jax.device_put``. Several processes: each leaf becomes a global array
-    from the host value every process holds (:func:`lookahead_jax.distributed.global_array`;
-    ``device_put`` would first gather every process's copy to check they are equal).
-    """
-    if mesh is None:
-        return tree
-    sharding = NamedSharding(mesh, spec)
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-    return jax.tree.map(lambda a: global_array(a, sharding), tree)
-
-
-def _pad_rows(a, size):
-    n = a.shape[0]
-    if n == size:
-        return a
-    pad = jnp.broadcast_to(a[-1:], (size - n, *a.shape[1:]))
-    return jnp.concatenate([a, pad], axis=0)
-
-
-def _round_chunk(c, n, mesh):
-    """Chunk ≤ c that splits n into equal pieces (least padding), a multiple of #devices."""
-    c = max(1, min(int(c), n))
-    c = -(-n // -(-n // c))
-    if mesh is not None:
-        m = mesh.devices.size
-        c = -(-c // m) * m
-    return c
 
 
 # ---------------------------------------------------------------------------- drivers
@@ -587,10 +472,6 @@ def _features_chunked(fstatic, fleaves, params, x, output, impl, precision, chun
     return jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *parts)
 
 
-def _pad_feats(feats, size):
-    return jax.tree.map(lambda a: _pad_rows(a, size), feats)
-
-
 def kernel_from_features(feats1: NTKFeatures, feats2: NTKFeatures, *, chunk_size=None,
                          precision=None) -> Array:
     """Θ between the examples of two feature sets (from :func:`ntk_features`).
@@ -602,13 +483,15 @@ def kernel_from_features(feats1: NTKFeatures, feats2: NTKFeatures, *, chunk_size
       chunk_size: tile size (examples); None for tiles of ≤ 4096 examples (≤ 1024 when
         ``feats1 is feats2`` and n > 2048: only tiles on or above the diagonal are
         computed, the rest are their transposes).
-      precision: ``jax.lax.Precision`` for the contractions.
+      precision: the contractions' ``jax.lax.Precision`` (``None``: the policy's
+        ``kernel``; a policy or preset name: its ``kernel``).
 
     Returns:
       ``(n1, n2)``, or ``(n1, n2, C, C)`` for ``output="full"``.
     """
     if feats1.output != feats2.output:
         raise ValueError(f"output modes differ: {feats1.output!r} vs {feats2.output!r}")
+    precision = _precision.resolve(precision, "kernel")
     mesh = _mesh()
     n1, n2 = feats1.n, feats2.n
     symmetric = feats1 is feats2
@@ -635,16 +518,6 @@ def kernel_from_features(feats1: NTKFeatures, feats2: NTKFeatures, *, chunk_size
     return jnp.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
 
 
-def _feature_step(plan: _Plan, chunk: int, n: int, mesh) -> int:
-    """Examples per feature call: ≤ ``chunk`` and ≤ the plan's working-set step."""
-    return _round_chunk(min(chunk, plan.step), n, mesh)
-
-
-def _auto_chunk(plan: _Plan, n: int) -> int:
-    per = plan.feat_bytes + plan.work_bytes
-    return max(_MIN_CHUNK, min(n, memory_budget_bytes() // (4 * max(per, 1))))
-
-
 def _validate(output, implementation):
     if output not in OUTPUTS:
         raise ValueError(f"unknown output {output!r}; known: {OUTPUTS}")
@@ -662,6 +535,7 @@ def ntk_features(f: Callable, params: PyTree, x: Array, *, output: str = "first_
     ``"jvp_vjp"`` has no per-example features and uses ``"jacobian"``'s.
     """
     _validate(output, implementation)
+    precision = _levels(precision)
     fstatic, fleaves = _split_f(f)
     impl = "jacobian" if implementation in ("jacobian", "jvp_vjp") else "structured"
     mesh = _mesh()
@@ -725,7 +599,9 @@ def empirical_ntk_fn(f: Callable, *, output: str = "first_logit",
       implementation: one of :data:`IMPLEMENTATIONS` (module docstring, incl. the
         ``"auto"`` cost model).
       chunk_size: examples per chunk (rows and columns); None derives it from memory.
-      precision: ``jax.lax.Precision`` for the contractions.
+      precision: ``None`` (the policy of :mod:`lookahead_jax.precision`), a
+        ``jax.lax.Precision`` for the contractions, or a policy / preset name (module
+        docstring, "Precision").
 
     Returns:
       ``ntk(params, x1, x2=None)``: ``(n1, n2)`` for ``first_logit``/``sum_logits``/
@@ -735,6 +611,7 @@ def empirical_ntk_fn(f: Callable, *, output: str = "first_logit",
     fstatic, fleaves = _split_f(f)
 
     def ntk(params: PyTree, x1: Array, x2: Array | None = None) -> Array:
+        prec = _levels(precision)
         x1 = jnp.asarray(x1)
         same = x2 is None
         x2 = x1 if same else jnp.asarray(x2)
@@ -750,7 +627,8 @@ def empirical_ntk_fn(f: Callable, *, output: str = "first_logit",
             def block(i0, i1, j0, j1):
                 a = _put(_pad_rows(x1[i0:i1], c1), mesh, PartitionSpec("batch"))
                 b = _pad_rows(xs2[j0:j1], c2)
-                return _jvp_vjp_jit(fstatic, fleaves, p, a, b, output)[: i1 - i0, : j1 - j0]
+                return _jvp_vjp_jit(fstatic, fleaves, p, a, b, output,
+                                    prec[1])[: i1 - i0, : j1 - j0]
 
             rows = [jnp.concatenate([block(i, min(i + c1, n1), j, min(j + c2, n2))
                                      for j in range(0, n2, c2)], axis=1)
@@ -761,26 +639,26 @@ def empirical_ntk_fn(f: Callable, *, output: str = "first_logit",
         if (mesh is None and max(n1, n2) <= min(plan.step, chunk, _FUSED_MAX)
                 and feat_total <= memory_budget_bytes() // 2):
             return _kernel_fused_jit(fstatic, fleaves, params, x1, None if same else x2,
-                                     output, impl, precision)
+                                     output, impl, prec)
         if feat_total <= memory_budget_bytes() // 2:
-            f1 = _features_chunked(fstatic, fleaves, params, x1, output, impl, precision,
+            f1 = _features_chunked(fstatic, fleaves, params, x1, output, impl, prec,
                                    _feature_step(plan, c1, n1, mesh), mesh)
             f2 = f1 if same else _features_chunked(
-                fstatic, fleaves, params, x2, output, impl, precision,
+                fstatic, fleaves, params, x2, output, impl, prec,
                 _feature_step(plan, c2, n2, mesh), mesh)
-            return kernel_from_features(f1, f2, chunk_size=chunk_size, precision=precision)
+            return kernel_from_features(f1, f2, chunk_size=chunk_size, precision=prec[0])
         # Features do not fit: recompute the column features for every row chunk.
         rows = []
         for i in range(0, n1, c1):
             f1 = _features_chunked(fstatic, fleaves, params, x1[i:i + c1], output, impl,
-                                   precision, _feature_step(plan, c1, c1, mesh), mesh)
+                                   prec, _feature_step(plan, c1, c1, mesh), mesh)
             cols = []
             for j in range(0, n2, c2):
                 f2 = _features_chunked(fstatic, fleaves, params, x2[j:j + c2], output,
-                                       impl, precision, _feature_step(plan, c2, c2, mesh),
+                                       impl, prec, _feature_step(plan, c2, c2, mesh),
                                        mesh)
                 cols.append(kernel_from_features(f1, f2, chunk_size=chunk,
-                                                 precision=precision))
+                                                 precision=prec[0]))
             rows.append(jnp.concatenate(cols, axis=1))
         return jnp.concatenate(rows, axis=0)
 

@@ -44,6 +44,7 @@ from lookahead_jax import feature_lookahead as fla
 from lookahead_jax import lookahead as la
 from lookahead_jax import ntk
 from lookahead_jax.ntk import projected
+from lookahead_jax import precision as precision_policy
 from lookahead_jax.strategies.base import (AcquisitionContext, Selection, check_top_k,
                                            pad_rows, predict, top_k_on_device)
 from lookahead_jax.strategies.options import OptionsError, RidgeOptions, positive
@@ -97,6 +98,10 @@ class LookaheadOptions(RidgeOptions):
         :data:`EVAL_SUBSET_KEY`; the sums are rescaled by E/m (label-flip is a fraction
         already). ``None`` or m ≥ E: every point. Works on both paths; in sequential mode
         the subset is a separate evaluation set (a picked candidate stays in it).
+      precision: matmul precision of the kernels and the algebra
+        (:mod:`lookahead_jax.precision`): ``None`` (the library's policy, HIGHEST unless
+        changed), a preset (``"highest"``, ``"fast_kernel"``, ``"default"``) or
+        ``"algebra=highest,kernel=default,forward=default"``.
       jitter, u_floor, chunk_size: see :class:`~.options.RidgeOptions`.
     """
 
@@ -109,6 +114,7 @@ class LookaheadOptions(RidgeOptions):
     ntk_chunk_size: Optional[int] = None
     gram_tile: int = 512
     eval_x: Any = None
+    precision: Optional[str] = None
     features: Literal["exact", "projected"] = "exact"
     projection_dim: int = 1024
     eval_subset: Optional[int] = None
@@ -116,6 +122,10 @@ class LookaheadOptions(RidgeOptions):
     def check(self):
         super().check()
         positive(self, "gram_tile", "ntk_chunk_size", "projection_dim", "eval_subset")
+        try:
+            precision_policy.parse(self.precision)
+        except ValueError as e:
+            raise OptionsError(f"option 'precision': {e}") from None
         if self.features == "projected":
             if self.kernel == "full":
                 raise OptionsError("features='projected' takes a scalar kernel "
@@ -186,13 +196,14 @@ def kernels(ctx: AcquisitionContext, opts: LookaheadOptions, x_labeled: Array,
     if x_eval is _OPTIONS:
         x_eval = opts.eval_x
     kw = dict(output=opts.kernel, implementation=opts.ntk_implementation,
-              chunk_size=opts.ntk_chunk_size)
+              chunk_size=opts.ntk_chunk_size, precision=precision_policy.parse(opts.precision))
     if opts.ntk_implementation == "jvp_vjp" and not streaming and x_eval is None:
         ks = ntk.kernel_set(f, params, x_labeled, ctx.x_candidates, **kw)
         return dict(k_ll=ks.ll, k_ul=ks.ul, k_uu=ks.uu), None
     fl = ntk.ntk_features(f, params, x_labeled, **kw)
     fu = ntk.ntk_features(f, params, jnp.asarray(ctx.x_candidates), **kw)
-    kf = functools.partial(ntk.kernel_from_features, chunk_size=opts.ntk_chunk_size)
+    kf = functools.partial(ntk.kernel_from_features, chunk_size=opts.ntk_chunk_size,
+                           precision=kw["precision"])
     out = dict(k_ll=kf(fl, fl), k_ul=kf(fu, fl))
     fe = fu if x_eval is None else ntk.ntk_features(f, params, jnp.asarray(x_eval), **kw)
     if x_eval is not None:
@@ -200,7 +211,8 @@ def kernels(ctx: AcquisitionContext, opts: LookaheadOptions, x_labeled: Array,
     k, U = opts.chunk_size, ctx.num_candidates
     if not streaming and (sequential or x_eval is None):
         # Θ(U, U) is symmetric: the engine computes the tiles on and above the diagonal
-        out["k_uu"] = ntk.kernel_from_features(fu, fu, chunk_size=opts.gram_tile)
+        out["k_uu"] = ntk.kernel_from_features(fu, fu, chunk_size=opts.gram_tile,
+                                               precision=kw["precision"])
         if x_eval is not None:
             out["k_eu"] = kf(fe, fu)
         return out, None
@@ -292,7 +304,7 @@ def _system(ctx: AcquisitionContext, opts: LookaheadOptions, extra: int, sequent
     state, spec, info = la.build_system(
         y_l=y_l, f_l=f_l, f_u=f_u, f_e=f_e, num_classes=C, num_labeled=L, capacity=N,
         jitter=opts.jitter, u_floor=opts.u_floor, chunk_size=opts.chunk_size,
-        sequential=sequential, **blocks)
+        sequential=sequential, precision=precision_policy.parse(opts.precision), **blocks)
     if weight != 1.0:
         state = state._replace(mask_e=_scale(state.mask_e, la.to_device(weight,
                                                                          state.mask_e.dtype)))
@@ -755,7 +767,8 @@ def acquire(ctx: AcquisitionContext, kind: str) -> Acquisition:
         lam = _ridge(blocks["k_ll"], ctx.num_labeled, opts.jitter)
         scores = la.augmented_system_scores(blocks["k_ll"], blocks["k_ul"], blocks["k_uu"],
                                             info["f_l"], info["y_l"], info["f_u"], lam,
-                                            opts.chunk_size, num_labeled=ctx.num_labeled)
+                                            opts.chunk_size, num_labeled=ctx.num_labeled,
+                                            precision=precision_policy.parse(opts.precision))
         idx, bad, worst = top_k_on_device(scores, q)
         # the best score comes to the host and is divided there (as it always was)
         logged = dict(bad=bad, worst=worst, top=_top_score(scores, 1))
