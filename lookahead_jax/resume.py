@@ -1,0 +1,191 @@
+"""Persistence and resuming: a workdir's commit points, a cycle waiting for labels, and
+the state rebuilt from the records.
+
+A finished cycle is recorded by :func:`_commit` (``state.json`` written last: the commit
+point); a cycle that trained and then waited for people's labels is kept by
+:func:`_save_pending` so the rerun does not train again. :func:`_open` checks a workdir
+and resumes from it (:func:`resume`: the state after its last finished cycle, the
+queries cross-checked against the label ledger); :func:`_open_together` does the same in
+a multi-process run, every process from process 0's records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Mapping, Optional
+
+import jax
+import numpy as np
+
+from lookahead_jax import distributed as distributed_lib
+from lookahead_jax import records
+from lookahead_jax.config import LoopConfig
+from lookahead_jax.models import Variables
+from lookahead_jax.oracles import RecordingOracle
+from lookahead_jax.run_setup import RunSetup, init_variables, pool_info
+from lookahead_jax.state import ALState, initial_indices
+from lookahead_jax.workdir import Workdir, WorkdirError
+
+
+def resume(run: RunSetup, wd: Workdir, oracle: RecordingOracle, log: Callable[[str], None],
+           old_cycles: Optional[int]) -> tuple[ALState, Variables, list, dict]:
+    """The state after the workdir's last finished cycle (a fresh one for a new run),
+    with the queries and metrics cross-checked against the label ledger."""
+    config, ds = run.config, run.dataset
+    pool = int(ds.x_train.shape[0])
+    state = ALState(labeled=np.zeros(pool, bool), labels=np.full(pool, -1, np.int32))
+    if ds.given is not None and config.initial_set == "auto" and np.any(ds.given):
+        oracle.record_given(run.initial, ds.y_train[run.initial])
+        labels0 = ds.y_train[run.initial]
+    else:
+        labels0 = oracle(run.initial, cycle=-1, tag="initial")
+    state = state.reveal(run.initial, labels0)
+    done = wd.cycle_done()
+    queries = wd.rows("queries")
+    check_queries(queries, oracle.known, pool, ds.num_classes, done, wd)
+    for q in queries:
+        state = state.reveal(q["indices"], q["labels"])
+    fresh = init_variables(run)
+    variables = fresh
+    if done >= 0:
+        variables = Variables(*wd.load_variables(done, fresh))
+        log(f"resuming {wd.path} after cycle {done} ({int(state.labeled.sum())} labels)")
+    for note in wd.notes:
+        log(f"repaired {note}")
+    memory = records.read_json(wd.file("stopping.json")) if wd.persistent and \
+        os.path.exists(wd.file("stopping.json")) else {}
+    return state.replace(cycle=done + 1), variables, queries, memory
+
+
+def check_queries(queries: list, known: Mapping[int, int], pool: int, num_classes: int,
+                  done: int, wd: Workdir) -> None:
+    """Queries must be one row per finished cycle, in range, unique, and agree with the
+    label ledger; a disagreement is refused naming the row."""
+    path = wd.file("queries.jsonl") if wd.persistent else "queries"
+    seen: set = set()
+    for n, q in enumerate(queries, start=1):
+        idx = np.asarray(q.get("indices", []), np.int64)
+        lab = np.asarray(q.get("labels", []), np.int64)
+        if q.get("cycle") != n - 1 or q["cycle"] > done:
+            raise records.RecordError(f"{path} row {n} is for cycle {q.get('cycle')}, "
+                                      f"expected {n - 1} (cycles finished: {done + 1})")
+        if idx.size != lab.size or np.any((idx < 0) | (idx >= pool)):
+            raise records.RecordError(f"{path} row {n} holds pool indices outside "
+                                      f"[0, {pool}) or a label count that does not match")
+        if np.any((lab < 0) | (lab >= num_classes)):
+            raise records.RecordError(f"{path} row {n} holds a label outside "
+                                      f"[0, {num_classes})")
+        for i, y in zip(idx.tolist(), lab.tolist()):
+            if i in seen:
+                raise records.RecordError(f"{path} row {n}: pool item {i} was queried twice")
+            seen.add(i)
+            if known.get(i) != y:
+                raise records.RecordError(
+                    f"{path} row {n}: pool item {i} has label {y} but labels.jsonl says "
+                    f"{known.get(i, 'nothing')}; the two ledgers disagree")
+
+
+def _recorded(config: LoopConfig) -> dict:
+    """What ``config.json`` holds: the config without how the run is launched."""
+    return {k: v for k, v in config.to_dict().items() if k not in LoopConfig.LAUNCH_FIELDS}
+
+
+def _open(run: RunSetup, wd: Workdir, log: Callable[[str], None]) -> tuple:
+    """Checks the workdir and resumes from it: ``(oracle, old_cycles, state, variables,
+    queries, memory, stopped, trained)`` (a new run: its start)."""
+    old_cycles = wd.check_config(_recorded(run.config))
+    wd.check_pool(pool_info(run.dataset))
+    wd.recover()
+    rec = RecordingOracle(run.oracle, wd, run.dataset.num_classes)
+    if run.train.batch_size < run.config.train.batch_size:
+        log(f"[{run.config.strategy}] train.batch_size {run.config.train.batch_size} is "
+            f"more than the most labels this run will have: batches of "
+            f"{run.train.batch_size} (the same steps, without the padding)")
+    state, variables, queries, memory = resume(run, wd, rec, log, old_cycles)
+    return (rec, old_cycles, state, variables, queries, memory, wd.stopped(),
+            _pending(run, wd, state, variables))
+
+
+def _open_together(run: RunSetup, wd: Workdir, log: Callable[[str], None]) -> tuple:
+    """:func:`_open` in a multi-process run: every process resumes from process 0's records.
+
+    Process 0 holds the workdir (the others' records are in memory, empty). It sends
+    the finished cycles, queries, metric rows, stopping memory and the network of its
+    last finished cycle; the others rebuild the same state from them. A workdir process
+    0 refuses is refused on every process at once, each saying so in one line (not in a
+    collective that times out later).
+    """
+    try:
+        opened, failed = _open(run, wd, log), None
+    except Exception as e:  # noqa: BLE001  (re-raised below)
+        opened, failed = None, e
+    shared = {}
+    if jax.process_index() == 0 and failed is not None:
+        shared = {"error": str(failed).splitlines()[0] if str(failed) else
+                  type(failed).__name__, "refused": isinstance(failed, ValueError)}
+    elif jax.process_index() == 0:
+        _, old_cycles, state, _, queries, memory, stopped, _ = opened
+        shared = json.loads(records.dumps(dict(
+            done=state.cycle - 1, old_cycles=old_cycles, queries=queries,
+            metrics=wd.rows("metrics"), memory=memory, stopped=stopped)))
+    shared = distributed_lib.broadcast_json(shared)
+    if failed is not None:
+        raise failed
+    if "error" in shared:
+        kind = WorkdirError if shared["refused"] else RuntimeError
+        raise kind(f"process 0 refused the workdir: {shared['error']}")
+    rec, _, state, variables, queries, memory, stopped, trained = opened
+    if shared["done"] >= 0:              # process 0's network of its last finished cycle
+        variables = Variables(*distributed_lib.broadcast_from_first(tuple(variables)))
+    if jax.process_index() != 0:
+        for q in shared["queries"]:
+            state = state.reveal(q["indices"], q["labels"])
+        for kind in ("queries", "metrics"):
+            for row in shared[kind]:
+                wd.append(kind, row)
+        state = state.replace(cycle=shared["done"] + 1)
+        queries, memory, stopped = list(shared["queries"]), shared["memory"], \
+            shared["stopped"]
+    return (rec, shared["old_cycles"], state, variables, queries, memory, stopped, trained)
+
+
+def _commit(wd: Workdir, cycle: int, variables: Variables, row: dict, query, stopped,
+            memory: dict, writer) -> None:
+    """Records a finished cycle; ``state.json`` is written last (the commit point)."""
+    if query is not None:
+        wd.append("queries", query)
+    wd.append("metrics", row)
+    wd.save_variables(cycle, variables)      # a multi-process run: process 0 alone
+    if wd.persistent and memory:
+        records.atomic_write_json(wd.file("stopping.json"), memory)
+    wd.commit(cycle, stopped)
+    wd.clear_pending()
+    if writer is not None:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "cycle":
+                writer.add_scalar(k, v, global_step=row["num_labeled"])
+        writer.flush()
+
+
+def _save_pending(wd: Workdir, cycle: int, variables: Variables, row: dict) -> None:
+    """A trained cycle waiting for people: kept so the rerun does not train again."""
+    wd.save_variables(cycle, variables)
+    wd.save_pending({"cycle": cycle, "row": row})
+
+
+def _pending(run: RunSetup, wd: Workdir, state: ALState, variables: Variables):
+    """``(variables, row)`` of the cycle that waited for labels, if it is the next one."""
+    pending = wd.pending()
+    if pending is None or pending.get("cycle") != state.cycle:
+        wd.clear_pending()
+        return None
+    return Variables(*wd.load_variables(state.cycle, variables)), dict(pending["row"])
+
+
+def labeled_indices_from_records(workdir: str, config: LoopConfig, dataset) -> np.ndarray:
+    """Rebuilds the labeled set of a workdir exactly: initial set + every query row."""
+    init = initial_indices(config, dataset)
+    queried = [i for q in records.read_jsonl(os.path.join(workdir, "queries.jsonl"))
+               for i in q["indices"]]
+    return np.sort(np.concatenate([init, np.asarray(queried, dtype=np.int64)]))
