@@ -19,7 +19,8 @@ from lookahead_jax import distributed as distributed_lib
 from lookahead_jax import train as train_lib
 from lookahead_jax.models import Model
 
-__all__ = ["LoopConfig", "validate_config", "labeled_capacity", "effective_subset_size"]
+__all__ = ["LoopConfig", "validate_config", "check_pool_size", "labeled_capacity",
+           "effective_subset_size"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,14 +277,21 @@ def validate_config(config: LoopConfig, pool_size: Optional[int] = None, *,
         raise ValueError(f"query_size ({config.query_size}) is larger than subset_size "
                          f"({config.subset_size}): cannot select more points than are scored")
     if pool_size is not None:
-        n0 = config.initial_size if num_initial is None else num_initial
-        need = labeled_capacity(config, n0)
-        what = "initial_size" if num_initial is None else "the given labels"
-        if need > pool_size:
-            raise ValueError(
-                f"{what} + (cycles - 1) * query_size = {n0} + ({config.cycles} - 1) * "
-                f"{config.query_size} = {need} exceeds the pool of {pool_size} examples")
-        if config.cycles > 1 and \
-                effective_subset_size(config, pool_size, n0) < config.query_size:
-            raise ValueError("the pool cannot supply a candidate subset as large as the query")
+        check_pool_size(config, pool_size, num_initial)
     return options
+
+
+def check_pool_size(config: LoopConfig, pool_size: int,
+                    num_initial: Optional[int] = None) -> None:
+    """Refuses a run whose queries the pool of ``pool_size`` items cannot supply
+    (``num_initial``: the size of the given labeled set, when the pool came with one)."""
+    n0 = config.initial_size if num_initial is None else num_initial
+    need = labeled_capacity(config, n0)
+    what = "initial_size" if num_initial is None else "the given labels"
+    if need > pool_size:
+        raise ValueError(
+            f"{what} + (cycles - 1) * query_size = {n0} + ({config.cycles} - 1) * "
+            f"{config.query_size} = {need} exceeds the pool of {pool_size} examples")
+    if config.cycles > 1 and \
+            effective_subset_size(config, pool_size, n0) < config.query_size:
+        raise ValueError("the pool cannot supply a candidate subset as large as the query")

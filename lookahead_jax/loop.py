@@ -17,11 +17,17 @@ benchmark or a user's own data whose labels are partly unknown (:mod:`lookahead_
 people answer through files or a notebook (:mod:`lookahead_jax.oracles`,
 :mod:`lookahead_jax.labeler`).
 
-State (:class:`~lookahead_jax.state.ALState`) is an immutable pytree over the *fixed*
-pool: a labeled mask and the labels revealed so far, so shapes never change across
-cycles. Running the same config on the same workdir resumes after the last finished cycle
-and reproduces the queried indices and accuracies of an uninterrupted run. Randomness
-comes from one key tree (:mod:`lookahead_jax.rng`).
+The run's state is one immutable pytree (:class:`~lookahead_jax.state.LoopState`, as
+Flax's ``TrainState``): the pool ledger (a labeled mask and the labels revealed so far
+over the *fixed* pool, so shapes never change across cycles), the network, the query
+rows, the stopping memory, the cycle waiting for its acquisition and the stopped flag.
+Every step takes a state and returns a new one: :func:`train_cycle`, :func:`check_stop`
+and :func:`acquire` return ``(state, row)`` and leave their arguments alone, and
+:func:`run_cycle` is ``(setup, state) -> (state, row)``. Resuming is restoring the state
+from the workdir (:func:`lookahead_jax.resume.restore`): running the same config on the
+same workdir continues after the last finished cycle and reproduces the queried indices
+and accuracies of an uninterrupted run. Randomness comes from one key tree
+(:mod:`lookahead_jax.rng`).
 
 The public API re-exported here: :class:`LoopConfig`, :class:`Oracle`, :func:`run`,
 :func:`run_strategies` (and what they return, :class:`RunResult`).
@@ -43,12 +49,13 @@ from tqdm.auto import tqdm
 from lookahead_jax import plots, rng, stopping, strategies
 from lookahead_jax import distributed as distributed_lib
 from lookahead_jax import train as train_lib
-from lookahead_jax.config import LoopConfig, validate_config
+from lookahead_jax.config import LoopConfig
 from lookahead_jax.models import Model, Variables
 from lookahead_jax.oracles import LabelsNeeded, Oracle, RecordingOracle
-from lookahead_jax.resume import _commit, _open, _open_together, _save_pending
-from lookahead_jax.run_setup import RunSetup, init_variables, load_config_dataset, setup
-from lookahead_jax.state import ALState, draw_candidates
+from lookahead_jax.resume import (commit, commit_acquisition, open_run, open_together,
+                                  save_pending)
+from lookahead_jax.run_setup import RunSetup, init_variables, setup
+from lookahead_jax.state import ALState, LoopState, draw_candidates
 from lookahead_jax.workdir import Workdir, WorkdirError
 
 __all__ = ["LoopConfig", "Oracle", "RunResult", "run", "run_strategies", "run_cycle"]
@@ -63,126 +70,125 @@ class RunResult(struct.PyTreeNode):
     stopped: Optional[dict] = struct.field(pytree_node=False, default=None)
 
 
-def train_cycle(run: RunSetup, state: ALState, variables: Variables
-                ) -> tuple[Variables, dict]:
-    """Trains f_L on the labeled set and evaluates it: ``(variables, metrics row)``.
+def train_cycle(run: RunSetup, state: LoopState) -> LoopState:
+    """Trains f_L on the labeled set and evaluates it: ``state`` with the trained network
+    and the cycle's metrics row pending (``state.pending["row"]``).
 
     ``test_accuracy`` is ``None`` for a pool without an evaluation split.
     """
-    config, cycle = run.config, state.cycle
-    labeled_idx = np.flatnonzero(state.labeled)
+    pool, cycle, tcfg = state.pool, state.cycle, run.train
+    labeled_idx = np.flatnonzero(pool.labeled)
     t0 = time.perf_counter()
-    start = variables
-    from_init = cycle == 0 or not config.train.warm_start
-    if not config.train.warm_start and cycle > 0:
+    start = state.variables
+    from_init = cycle == 0 or not tcfg.warm_start
+    if not tcfg.warm_start and cycle > 0:
         start = init_variables(run, cycle)
-    tstate = train_lib.create_train_state(run.model, start, config.train)
+    tstate = train_lib.create_train_state(run.model, start, tcfg)
     tstate, train_loss = train_lib.fit(tstate, run.dataset.x_train[labeled_idx],
-                                       state.labels[labeled_idx],
-                                       train_lib.cycle_config(run.train, from_init),
-                                       key=rng.key(config.seed, "train", cycle),
+                                       pool.labels[labeled_idx],
+                                       train_lib.cycle_config(tcfg, from_init),
+                                       key=rng.key(run.config.seed, "train", cycle),
                                        aux_loss=run.aux_loss)
     variables = tstate.variables
     seconds_train = time.perf_counter() - t0
     test_acc = None
     if run.dataset.has_test:
         test_acc = train_lib.accuracy(run.model, variables, run.dataset.x_test,
-                                      run.dataset.y_test, config.train.eval_batch_size)
-    return variables, {"cycle": cycle, "num_labeled": int(labeled_idx.size),
-                       "test_accuracy": test_acc, "train_loss": train_loss,
-                       "seconds_train": seconds_train, "seconds_score": 0.0,
-                       "seconds_select": 0.0}
+                                      run.dataset.y_test, tcfg.eval_batch_size)
+    row = {"cycle": cycle, "num_labeled": int(labeled_idx.size), "test_accuracy": test_acc,
+           "train_loss": train_loss, "seconds_train": seconds_train, "seconds_score": 0.0,
+           "seconds_select": 0.0}
+    return state.replace(variables=variables, pending={"row": row, "recorded": False})
 
 
-def check_stop(run: RunSetup, phase: str, state: ALState, variables: Variables, row: dict,
-               memory: dict, selection_info=None) -> tuple[Optional[dict], dict]:
-    """Evaluates the criteria of ``phase``; records each value in ``row`` (``stop_<name>``).
-
-    Returns ``(stopped, memory)``: ``stopped`` names the first criterion that fired.
-    """
+def check_stop(run: RunSetup, phase: str, state: LoopState, row: dict,
+               selection_info=None) -> tuple[LoopState, dict]:
+    """Evaluates the criteria of ``phase``: ``(state, row)``, the state with the criteria's
+    memory and ``stopped`` (the first criterion that fired), the row with each value
+    (``stop_<name>``, and ``stopped_by``)."""
     chosen = [(c, o) for c, o in run.criteria if c.phase == phase]
     if not chosen:
-        return None, memory
+        return state, row
+    pool = state.pool
     probs = unlabeled = None
     if run.stop_set is not None and phase == "model":
-        logits = train_lib.predict(run.model, variables, run.dataset.x_train[run.stop_set],
-                                   run.config.train.eval_batch_size)
+        logits = train_lib.predict(run.model, state.variables,
+                                   run.dataset.x_train[run.stop_set], run.train.eval_batch_size)
         probs = np.asarray(jax.device_get(jax.nn.softmax(logits, -1)), np.float64)
-        unlabeled = ~state.labeled[run.stop_set]
-    obs = stopping.Observation(cycle=state.cycle, num_labeled=int(state.labeled.sum()),
+        unlabeled = ~pool.labeled[run.stop_set]
+    obs = stopping.Observation(cycle=pool.cycle, num_labeled=int(pool.labeled.sum()),
                                stop_probs=probs, stop_unlabeled=unlabeled,
                                selection_info=selection_info)
-    stopped, memory = None, dict(memory)
+    stopped, memory, row = None, dict(state.memory), dict(row)
     for crit, opts in chosen:
         fired, value, memory[crit.name] = crit.check(opts, obs, memory.get(crit.name, {}))
         row[f"stop_{crit.name}"] = value
         if fired and stopped is None:
-            stopped = {"cycle": state.cycle, "by": crit.name, "value": value}
+            stopped = {"cycle": pool.cycle, "by": crit.name, "value": value}
             row["stopped_by"] = crit.name
-    return stopped, memory
+    return state.replace(memory=memory, stopped=stopped), row
 
 
-def acquire(run: RunSetup, state: ALState, variables: Variables, row: dict,
-            oracle: RecordingOracle, memory: dict
-            ) -> tuple[ALState, Optional[dict], Optional[dict], dict]:
+def acquire(run: RunSetup, state: LoopState, row: dict) -> tuple[LoopState, dict]:
     """One acquisition step: candidates → strategy → (selection-phase stop) → oracle.
 
-    Returns ``(state, query, stopped, memory)``; ``row`` (the cycle's metrics) gains the
-    seconds of scoring and selection and the strategy's logged scalars (``info_*``).
+    Returns ``(state, row)``: the state with the revealed labels and the query row
+    appended (or ``stopped``), the cycle's metrics row with the seconds of scoring and
+    selection and the strategy's logged scalars (``info_*``). The labels come from
+    ``run.ledger``, which records each answer in the workdir at once.
     """
-    config, cycle = run.config, state.cycle
+    config, pool, cycle = run.config, state.pool, state.cycle
+    variables = state.variables
     if distributed_lib.is_multiprocess():       # the NTK engine's inputs: equal everywhere
         variables = Variables(*distributed_lib.broadcast_from_first(tuple(variables)))
-    labeled_idx = np.flatnonzero(state.labeled)
-    cand = draw_candidates(state, config, run.subset)
+    labeled_idx = np.flatnonzero(pool.labeled)
+    cand = draw_candidates(pool, config, run.subset)
     x_pool = run.dataset.x_train
     ctx = strategies.AcquisitionContext(
         model=run.model, params=variables.params, state=variables.state,
-        x_labeled=x_pool[labeled_idx], y_labeled=state.labels[labeled_idx],
+        x_labeled=x_pool[labeled_idx], y_labeled=pool.labels[labeled_idx],
         x_candidates=x_pool[cand], num_classes=run.dataset.num_classes,
         query_size=config.query_size, key=rng.key(config.seed, "acquire", cycle),
-        loss=config.train.loss,
-        label_fn=_label_fn(oracle, cand, cycle) if config.sequential else None,
+        loss=run.train.loss,
+        label_fn=_label_fn(run.ledger, cand, cycle) if config.sequential else None,
         labeled_capacity=run.capacity, options=run.options)
     t1 = time.perf_counter()
     selection = run.strategy(ctx)
     t2 = time.perf_counter()
-    row.update(seconds_score=t2 - t1,
-               **{f"info_{k}": float(v) for k, v in dict(selection.info).items()})
-    stopped, memory = check_stop(run, "selection", state, variables, row, memory,
-                                 selection.info)
-    if stopped is not None:
-        return state, None, stopped, memory
+    row = {**row, "seconds_score": t2 - t1,
+           **{f"info_{k}": float(v) for k, v in dict(selection.info).items()}}
+    state, row = check_stop(run, "selection", state, row, selection.info)
+    if state.stopped is not None:
+        return state, row
     chosen = cand[_check_selection(selection, config, run.subset)]
-    labels = oracle(chosen, cycle=cycle, tag=f"cycle_{cycle}")
+    labels = run.ledger(chosen, cycle=cycle, tag=f"cycle_{cycle}")
     if selection.revealed is not None and not np.array_equal(
             np.asarray(selection.revealed), labels):
         raise RuntimeError("the strategy's revealed labels disagree with the oracle")
-    state = state.reveal(chosen, labels)
-    row["seconds_select"] = time.perf_counter() - t2
-    return state, {"cycle": cycle, "indices": chosen.tolist(), "labels": labels.tolist()}, \
-        None, memory
+    query = {"cycle": cycle, "indices": chosen.tolist(), "labels": labels.tolist()}
+    return state.replace(pool=pool.reveal(chosen, labels),
+                         queries=state.queries + (query,)), \
+        {**row, "seconds_select": time.perf_counter() - t2}
 
 
-def run_cycle(run: RunSetup, state: ALState, variables: Variables, oracle: RecordingOracle,
-              memory: dict, trained: Optional[tuple] = None):
+def run_cycle(run: RunSetup, state: LoopState) -> tuple[LoopState, dict]:
     """One cycle of Algorithm 1: train, evaluate, check the stopping criteria, and (but in
-    the last cycle) acquire.
+    the last cycle) acquire. Returns ``(state, row)``: the state after the cycle (the
+    next cycle's, its query in ``state.queries``, or ``state.stopped``) and the cycle's
+    metrics row; nothing is recorded.
 
-    ``trained``: ``(variables, row)`` of a cycle whose training already ran (it waited for
-    people's labels). Returns ``(state, variables, row, query or None, stopped or None,
-    memory)``; nothing is recorded.
+    A pending ``state`` (:func:`train_cycle` ran, or the workdir held the cycle: it waited
+    for people's labels) is not trained again; one whose row is recorded already (the
+    last cycle of a finished run given more cycles) goes straight to its acquisition.
     """
-    variables, row = trained if trained is not None else train_cycle(run, state, variables)
-    stopped, memory = check_stop(run, "model", state, variables, row, memory)
-    query = None
-    if stopped is None and state.cycle < run.config.cycles - 1:
-        try:
-            state, query, stopped, memory = acquire(run, state, variables, row, oracle, memory)
-        except LabelsNeeded as e:
-            e.trained = (variables, row)
-            raise
-    return state.replace(cycle=state.cycle + 1), variables, row, query, stopped, memory
+    if state.pending is None:
+        state = train_cycle(run, state)
+    row, recorded = state.pending["row"], state.pending["recorded"]
+    if not recorded:
+        state, row = check_stop(run, "model", state, row)
+    if state.stopped is None and state.cycle < run.config.cycles - 1:
+        state, row = acquire(run, state, row)
+    return state.replace(pool=state.pool.replace(cycle=state.cycle + 1), pending=None), row
 
 
 def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
@@ -212,47 +218,55 @@ def run(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
     if not join(config):                    # processes > 0: records in memory, quiet
         workdir, log = None, _quiet
     run_ = setup(config, workdir, dataset=dataset, model=model, oracle=oracle)
+    return _drive(run_, workdir, log, stop_after_cycle)
+
+
+def _drive(run_: RunSetup, workdir: Optional[str], log: Callable[[str], None],
+           stop_after_cycle: Optional[int] = None) -> RunResult:
+    """Opens the workdir of a set-up run, restores its state and runs its cycles, each
+    recorded as it finishes."""
+    config = run_.config
     with Workdir.open(workdir) as wd:
-        if distributed_lib.is_multiprocess():
-            opened = _open_together(run_, wd, log)
-        else:
-            opened = _open(run_, wd, log)
-        rec, old_cycles, state, variables, queries, memory, stopped, trained = opened
-        bar = tqdm(total=run_.config.cycles, initial=min(state.cycle, run_.config.cycles),
-                   desc=run_.config.strategy, unit="cycle", disable=None, leave=False)
+        opener = open_together if distributed_lib.is_multiprocess() else open_run
+        run_, state = opener(run_, wd, log)
+        done = state.cycle + (state.pending is not None and state.pending["recorded"])
+        bar = tqdm(total=config.cycles, initial=min(done, config.cycles),
+                   desc=config.strategy, unit="cycle", disable=None, leave=False)
         writer = _tensorboard(wd)
         try:
-            if stopped is None and old_cycles is not None and state.cycle == old_cycles:
-                state, queries, stopped, memory = _extend(run_, wd, rec, state, variables,
-                                                          queries, memory)
-            while stopped is None and state.cycle < run_.config.cycles:
-                cycle = state.cycle
+            while state.stopped is None and state.cycle < config.cycles:
+                cycle, before = state.cycle, state
+                if before.pending is None:
+                    before = train_cycle(run_, before)
+                recorded = before.pending["recorded"]
                 try:
-                    state, variables, row, query, stopped, memory = run_cycle(
-                        run_, state, variables, rec, memory, trained)
-                except LabelsNeeded as e:
-                    if getattr(e, "trained", None) is not None:
-                        _save_pending(wd, cycle, *e.trained)
+                    state, row = run_cycle(run_, before)
+                except LabelsNeeded:
+                    if not recorded:          # trained: kept, the rerun does not train
+                        save_pending(wd, before)
                     raise
-                trained = None
-                _commit(wd, cycle, variables, row, query, stopped, memory, writer)
-                if query is not None:
-                    queries.append(query)
-                log(_progress_line(row, run_.config))
+                query = state.queries[-1] if len(state.queries) > len(before.queries) \
+                    else None
+                if recorded:                  # its training and row are in the workdir
+                    commit_acquisition(wd, cycle, state, query)
+                    continue
+                commit(wd, cycle, state, row, query, writer)
+                log(_progress_line(row, config))
                 bar.update(1)
                 if wd.persistent:
-                    _plot(wd, run_.config)
+                    _plot(wd, config)
                 if stop_after_cycle is not None and cycle >= stop_after_cycle:
                     break
-            if stopped is not None:
-                log(f"[{run_.config.strategy}] stopped at cycle {stopped['cycle'] + 1}: "
+            if state.stopped is not None:
+                stopped = state.stopped
+                log(f"[{config.strategy}] stopped at cycle {stopped['cycle'] + 1}: "
                     f"criterion {stopped['by']} fired (value {stopped['value']:.4g})")
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
-        return RunResult(metrics=wd.rows("metrics"), queries=queries, state=state,
-                         stopped=stopped)
+        return RunResult(metrics=wd.rows("metrics"), queries=list(state.queries),
+                         state=state.pool, stopped=state.stopped)
 
 
 def join(config: LoopConfig) -> bool:
@@ -268,19 +282,6 @@ def join(config: LoopConfig) -> bool:
 
 def _quiet(line: str) -> None:
     del line
-
-
-def _extend(run: RunSetup, wd: Workdir, oracle: RecordingOracle, state: ALState,
-            variables: Variables, queries: list, memory: dict):
-    """A finished run given more cycles: its last cycle acquires now (it trained already)."""
-    last = state.replace(cycle=state.cycle - 1)
-    row = dict(wd.rows("metrics")[-1])
-    new_state, query, stopped, memory = acquire(run, last, variables, row, oracle, memory)
-    if query is not None:
-        wd.append("queries", query)
-        queries.append(query)
-    wd.commit(last.cycle, stopped)
-    return new_state.replace(cycle=state.cycle), queries, stopped, memory
 
 
 def _tensorboard(wd: Workdir):
@@ -365,19 +366,14 @@ def run_strategies(config: LoopConfig, names: Sequence[str], workdir: Optional[s
                            "--workdir")
     if not join(config):                    # processes > 0: records in memory, quiet
         workdir, log = None, _quiet
-    configs = {s: dataclasses.replace(config, strategy=s, strategy_options=_options_for(
-        s, config.strategy_options, names)) for s in names}
-    for c in configs.values():
-        validate_config(c, model=model)
-    if dataset is None:
-        dataset = load_config_dataset(config)
-    for s, c in configs.items():
-        setup(c, os.path.join(workdir, s) if workdir else None, dataset=dataset,
-              model=model, oracle=oracle)
-    results = {}
-    for s, c in configs.items():
-        sub = os.path.join(workdir, s) if workdir else None
-        results[s] = run(c, sub, dataset=dataset, model=model, oracle=oracle, log=log)
+    subdirs = {s: os.path.join(workdir, s) if workdir else None for s in names}
+    setups = {}
+    for s in names:                         # every run set up (validated) before the first
+        c = dataclasses.replace(config, strategy=s, strategy_options=_options_for(
+            s, config.strategy_options, names))
+        setups[s] = setup(c, subdirs[s], dataset=dataset, model=model, oracle=oracle)
+        dataset = setups[s].dataset         # loaded once, by the first
+    results = {s: _drive(setups[s], subdirs[s], log) for s in names}
     if workdir:
         curves = {s: ([m["num_labeled"] for m in r.metrics],
                       [m["test_accuracy"] for m in r.metrics]) for s, r in results.items()}

@@ -4,8 +4,9 @@ before any work.
 Strategies (:mod:`lookahead_jax.strategies`) and stopping criteria
 (:mod:`lookahead_jax.stopping`) both declare their options with it. An options type
 lists every setting it reads, with its type, default and documentation in one place (the
-model is optax's ``alias.py``: typed, defaulted, documented arguments). :meth:`Options.parse` turns a plain mapping (a config's
-``strategy_options``, a ``--config.strategy_options.<name>=...`` flag) into an instance:
+model is optax's ``alias.py``: typed, defaulted, documented arguments).
+:meth:`Options.parse` turns a plain mapping (a config's ``strategy_options``, a
+``--config.strategy_options.<name>=...`` flag) into an instance:
 
 * an unknown or misspelled key is refused with the known ones listed (and the closest
   match suggested);

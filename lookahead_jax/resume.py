@@ -1,16 +1,20 @@
 """Persistence and resuming: a workdir's commit points, a cycle waiting for labels, and
 the state rebuilt from the records.
 
-A finished cycle is recorded by :func:`_commit` (``state.json`` written last: the commit
-point); a cycle that trained and then waited for people's labels is kept by
-:func:`_save_pending` so the rerun does not train again. :func:`_open` checks a workdir
-and resumes from it (:func:`resume`: the state after its last finished cycle, the
-queries cross-checked against the label ledger); :func:`_open_together` does the same in
-a multi-process run, every process from process 0's records.
+Resuming is restoring the loop's state (:class:`~lookahead_jax.state.LoopState`) from
+the workdir. A finished cycle is recorded by :func:`commit` (``state.json`` written
+last: the commit point); a cycle that trained and then waited for people's labels is
+kept by :func:`save_pending` so the rerun does not train again. :func:`open_run` checks
+a workdir and restores the state from it (:func:`restore`: the state after its last
+finished cycle, the queries cross-checked against the label ledger, a pending cycle
+with its network); :func:`open_together` does the same in a multi-process run, every
+process from process 0's records. Nothing here runs a cycle: the drivers in
+:mod:`lookahead_jax.loop` take the restored state on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Callable, Mapping, Optional
@@ -24,38 +28,51 @@ from lookahead_jax.config import LoopConfig
 from lookahead_jax.models import Variables
 from lookahead_jax.oracles import RecordingOracle
 from lookahead_jax.run_setup import RunSetup, init_variables, pool_info
-from lookahead_jax.state import ALState, initial_indices
+from lookahead_jax.state import ALState, LoopState, initial_indices
 from lookahead_jax.workdir import Workdir, WorkdirError
 
 
-def resume(run: RunSetup, wd: Workdir, oracle: RecordingOracle, log: Callable[[str], None],
-           old_cycles: Optional[int]) -> tuple[ALState, Variables, list, dict]:
+def restore(run: RunSetup, wd: Workdir, oracle: RecordingOracle,
+            log: Callable[[str], None]) -> LoopState:
     """The state after the workdir's last finished cycle (a fresh one for a new run),
-    with the queries and metrics cross-checked against the label ledger."""
+    with the queries cross-checked against the label ledger.
+
+    A cycle that trained and then waited for people's labels comes back pending (its
+    network and metrics row, so it does not train again); the last cycle of a finished
+    run now given more cycles comes back pending and recorded (it trained, its row is in
+    the workdir; it acquires next).
+    """
     config, ds = run.config, run.dataset
     pool = int(ds.x_train.shape[0])
-    state = ALState(labeled=np.zeros(pool, bool), labels=np.full(pool, -1, np.int32))
-    if ds.given is not None and config.initial_set == "auto" and np.any(ds.given):
+    ledger = ALState(labeled=np.zeros(pool, bool), labels=np.full(pool, -1, np.int32))
+    if run.given:
         oracle.record_given(run.initial, ds.y_train[run.initial])
         labels0 = ds.y_train[run.initial]
     else:
         labels0 = oracle(run.initial, cycle=-1, tag="initial")
-    state = state.reveal(run.initial, labels0)
+    ledger = ledger.reveal(run.initial, labels0)
     done = wd.cycle_done()
     queries = wd.rows("queries")
     check_queries(queries, oracle.known, pool, ds.num_classes, done, wd)
     for q in queries:
-        state = state.reveal(q["indices"], q["labels"])
+        ledger = ledger.reveal(q["indices"], q["labels"])
     fresh = init_variables(run)
     variables = fresh
     if done >= 0:
         variables = Variables(*wd.load_variables(done, fresh))
-        log(f"resuming {wd.path} after cycle {done} ({int(state.labeled.sum())} labels)")
+        log(f"resuming {wd.path} after cycle {done} ({int(ledger.labeled.sum())} labels)")
     for note in wd.notes:
         log(f"repaired {note}")
     memory = records.read_json(wd.file("stopping.json")) if wd.persistent and \
         os.path.exists(wd.file("stopping.json")) else {}
-    return state.replace(cycle=done + 1), variables, queries, memory
+    state = LoopState(pool=ledger.replace(cycle=done + 1), variables=variables,
+                      queries=tuple(queries), memory=memory, stopped=wd.stopped())
+    if state.stopped is None and 0 <= done < config.cycles - 1 and len(queries) == done:
+        # the last cycle of a finished run, given more cycles: it acquires now
+        wd.clear_pending()
+        return state.replace(pool=state.pool.replace(cycle=done),
+                             pending={"row": dict(wd.rows("metrics")[-1]), "recorded": True})
+    return _with_pending(wd, state)
 
 
 def check_queries(queries: list, known: Mapping[int, int], pool: int, num_classes: int,
@@ -91,33 +108,34 @@ def _recorded(config: LoopConfig) -> dict:
     return {k: v for k, v in config.to_dict().items() if k not in LoopConfig.LAUNCH_FIELDS}
 
 
-def _open(run: RunSetup, wd: Workdir, log: Callable[[str], None]) -> tuple:
-    """Checks the workdir and resumes from it: ``(oracle, old_cycles, state, variables,
-    queries, memory, stopped, trained)`` (a new run: its start)."""
-    old_cycles = wd.check_config(_recorded(run.config))
+def open_run(run: RunSetup, wd: Workdir, log: Callable[[str], None]
+             ) -> tuple[RunSetup, LoopState]:
+    """Checks the workdir and restores the run from it (a new run: its start): the setup
+    with its oracle recording into the workdir (``run.ledger``), and the state."""
+    wd.check_config(_recorded(run.config))
     wd.check_pool(pool_info(run.dataset))
     wd.recover()
-    rec = RecordingOracle(run.oracle, wd, run.dataset.num_classes)
+    run = dataclasses.replace(run, ledger=RecordingOracle(run.oracle, wd,
+                                                          run.dataset.num_classes))
     if run.train.batch_size < run.config.train.batch_size:
         log(f"[{run.config.strategy}] train.batch_size {run.config.train.batch_size} is "
             f"more than the most labels this run will have: batches of "
             f"{run.train.batch_size} (the same steps, without the padding)")
-    state, variables, queries, memory = resume(run, wd, rec, log, old_cycles)
-    return (rec, old_cycles, state, variables, queries, memory, wd.stopped(),
-            _pending(run, wd, state, variables))
+    return run, restore(run, wd, run.ledger, log)
 
 
-def _open_together(run: RunSetup, wd: Workdir, log: Callable[[str], None]) -> tuple:
-    """:func:`_open` in a multi-process run: every process resumes from process 0's records.
+def open_together(run: RunSetup, wd: Workdir, log: Callable[[str], None]
+                  ) -> tuple[RunSetup, LoopState]:
+    """:func:`open_run` in a multi-process run: every process restores process 0's state.
 
     Process 0 holds the workdir (the others' records are in memory, empty). It sends
-    the finished cycles, queries, metric rows, stopping memory and the network of its
-    last finished cycle; the others rebuild the same state from them. A workdir process
-    0 refuses is refused on every process at once, each saying so in one line (not in a
-    collective that times out later).
+    the finished cycles, queries, metric rows, stopping memory, the pending cycle and the
+    network of its last finished cycle; the others rebuild the same state from them. A
+    workdir process 0 refuses is refused on every process at once, each saying so in one
+    line (not in a collective that times out later).
     """
     try:
-        opened, failed = _open(run, wd, log), None
+        opened, failed = open_run(run, wd, log), None
     except Exception as e:  # noqa: BLE001  (re-raised below)
         opened, failed = None, e
     shared = {}
@@ -125,41 +143,46 @@ def _open_together(run: RunSetup, wd: Workdir, log: Callable[[str], None]) -> tu
         shared = {"error": str(failed).splitlines()[0] if str(failed) else
                   type(failed).__name__, "refused": isinstance(failed, ValueError)}
     elif jax.process_index() == 0:
-        _, old_cycles, state, _, queries, memory, stopped, _ = opened
+        state = opened[1]
         shared = json.loads(records.dumps(dict(
-            done=state.cycle - 1, old_cycles=old_cycles, queries=queries,
-            metrics=wd.rows("metrics"), memory=memory, stopped=stopped)))
+            done=wd.cycle_done(), cycle=state.cycle, queries=list(state.queries),
+            metrics=wd.rows("metrics"), memory=state.memory, stopped=state.stopped,
+            pending=state.pending)))
     shared = distributed_lib.broadcast_json(shared)
     if failed is not None:
         raise failed
     if "error" in shared:
         kind = WorkdirError if shared["refused"] else RuntimeError
         raise kind(f"process 0 refused the workdir: {shared['error']}")
-    rec, _, state, variables, queries, memory, stopped, trained = opened
+    run, state = opened
     if shared["done"] >= 0:              # process 0's network of its last finished cycle
-        variables = Variables(*distributed_lib.broadcast_from_first(tuple(variables)))
+        state = state.replace(variables=Variables(
+            *distributed_lib.broadcast_from_first(tuple(state.variables))))
     if jax.process_index() != 0:
+        ledger = state.pool
         for q in shared["queries"]:
-            state = state.reveal(q["indices"], q["labels"])
+            ledger = ledger.reveal(q["indices"], q["labels"])
         for kind in ("queries", "metrics"):
             for row in shared[kind]:
                 wd.append(kind, row)
-        state = state.replace(cycle=shared["done"] + 1)
-        queries, memory, stopped = list(shared["queries"]), shared["memory"], \
-            shared["stopped"]
-    return (rec, shared["old_cycles"], state, variables, queries, memory, stopped, trained)
+        state = state.replace(pool=ledger.replace(cycle=shared["cycle"]),
+                              queries=tuple(shared["queries"]), memory=shared["memory"],
+                              stopped=shared["stopped"], pending=shared["pending"])
+    return run, state
 
 
-def _commit(wd: Workdir, cycle: int, variables: Variables, row: dict, query, stopped,
-            memory: dict, writer) -> None:
-    """Records a finished cycle; ``state.json`` is written last (the commit point)."""
+def commit(wd: Workdir, cycle: int, state: LoopState, row: dict, query: Optional[dict],
+           writer) -> None:
+    """Records finished cycle ``cycle`` (``state``: the state after it, ``row`` its
+    metrics, ``query`` its query row or ``None``); ``state.json`` is written last (the
+    commit point)."""
     if query is not None:
         wd.append("queries", query)
     wd.append("metrics", row)
-    wd.save_variables(cycle, variables)      # a multi-process run: process 0 alone
-    if wd.persistent and memory:
-        records.atomic_write_json(wd.file("stopping.json"), memory)
-    wd.commit(cycle, stopped)
+    wd.save_variables(cycle, state.variables)      # a multi-process run: process 0 alone
+    if wd.persistent and state.memory:
+        records.atomic_write_json(wd.file("stopping.json"), state.memory)
+    wd.commit(cycle, state.stopped)
     wd.clear_pending()
     if writer is not None:
         for k, v in row.items():
@@ -168,19 +191,31 @@ def _commit(wd: Workdir, cycle: int, variables: Variables, row: dict, query, sto
         writer.flush()
 
 
-def _save_pending(wd: Workdir, cycle: int, variables: Variables, row: dict) -> None:
+def commit_acquisition(wd: Workdir, cycle: int, state: LoopState,
+                       query: Optional[dict]) -> None:
+    """Records the acquisition of a cycle whose training was recorded already (the last
+    cycle of a finished run, given more cycles)."""
+    if query is not None:
+        wd.append("queries", query)
+    wd.commit(cycle, state.stopped)
+
+
+def save_pending(wd: Workdir, state: LoopState) -> None:
     """A trained cycle waiting for people: kept so the rerun does not train again."""
-    wd.save_variables(cycle, variables)
-    wd.save_pending({"cycle": cycle, "row": row})
+    wd.save_variables(state.cycle, state.variables)
+    wd.save_pending({"cycle": state.cycle, "row": state.pending["row"]})
 
 
-def _pending(run: RunSetup, wd: Workdir, state: ALState, variables: Variables):
-    """``(variables, row)`` of the cycle that waited for labels, if it is the next one."""
+def _with_pending(wd: Workdir, state: LoopState) -> LoopState:
+    """``state`` with the cycle that waited for labels, if it is the next one (its network
+    and metrics row); a stale pending record is cleared."""
     pending = wd.pending()
     if pending is None or pending.get("cycle") != state.cycle:
         wd.clear_pending()
-        return None
-    return Variables(*wd.load_variables(state.cycle, variables)), dict(pending["row"])
+        return state
+    return state.replace(variables=Variables(*wd.load_variables(state.cycle,
+                                                                state.variables)),
+                         pending={"row": dict(pending["row"]), "recorded": False})
 
 
 def labeled_indices_from_records(workdir: str, config: LoopConfig, dataset) -> np.ndarray:

@@ -14,11 +14,11 @@ import numpy as np
 
 from lookahead_jax import data, models, rng, stopping, strategies
 from lookahead_jax import train as train_lib
-from lookahead_jax.config import (LoopConfig, effective_subset_size, labeled_capacity,
-                                  validate_config)
+from lookahead_jax.config import (LoopConfig, check_pool_size, effective_subset_size,
+                                  labeled_capacity, validate_config)
 from lookahead_jax.models import Model, Variables
-from lookahead_jax.oracles import DatasetOracle, FileOracle, Oracle
-from lookahead_jax.state import initial_indices
+from lookahead_jax.oracles import DatasetOracle, FileOracle, Oracle, RecordingOracle
+from lookahead_jax.state import initial_indices, starts_from_given
 from lookahead_jax.workdir import fingerprint
 
 
@@ -43,10 +43,13 @@ class RunSetup:
     oracle: Oracle
     aux_loss: Optional[Callable]
     initial: np.ndarray
+    given: bool                    # the initial set is the labels that came with the pool
     subset: int
     capacity: int
     stop_set: Optional[np.ndarray]
     train: train_lib.TrainConfig   # config.train, batch size at most the capacity
+    ledger: Optional[RecordingOracle] = None   # ``oracle`` recording into the workdir, set
+    #                                            when the workdir is opened (resume.open_run)
 
 
 def setup(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
@@ -58,16 +61,15 @@ def setup(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
     """
     if model is not None:
         config = dataclasses.replace(config, model=model.name, model_kwargs=())
-    validate_config(config, model=model)
+    options = validate_config(config, model=model)
     if dataset is None:
         dataset = load_config_dataset(config)
     else:
         data.validate_dataset(dataset)
     pool = int(dataset.x_train.shape[0])
+    given = starts_from_given(config, dataset)
     initial = initial_indices(config, dataset)
-    given = config.initial_set == "auto" and dataset.given is not None and dataset.given.any()
-    options = validate_config(config, pool, model=model,
-                              num_initial=initial.size if given else None)
+    check_pool_size(config, pool, num_initial=initial.size if given else None)
     _check_labels(dataset)
     strategy = strategies.get(config.strategy)
     if model is None:
@@ -87,9 +89,10 @@ def setup(config: LoopConfig, workdir: Optional[str] = None, *, dataset=None,
     tcfg = dataclasses.replace(config.train, batch_size=min(config.train.batch_size, capacity))
     return RunSetup(config=config, dataset=dataset, model=model, strategy=strategy,
                     options=options, criteria=criteria, train=tcfg,
-                    oracle=_choose_oracle(config, dataset, workdir, oracle, initial),
+                    oracle=_choose_oracle(config, dataset, workdir, oracle),
                     aux_loss=strategy.aux_loss(options) if strategy.aux_loss else None,
-                    initial=initial, subset=effective_subset_size(config, pool, initial.size),
+                    initial=initial, given=given,
+                    subset=effective_subset_size(config, pool, initial.size),
                     capacity=capacity, stop_set=stop_set)
 
 
@@ -102,7 +105,7 @@ def _check_labels(dataset) -> None:
 
 
 def _choose_oracle(config: LoopConfig, dataset, workdir: Optional[str],
-                   oracle: Optional[Oracle], initial: np.ndarray) -> Oracle:
+                   oracle: Optional[Oracle]) -> Oracle:
     if oracle is not None:
         return oracle
     if config.oracle == "files":
