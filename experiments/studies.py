@@ -28,6 +28,8 @@ import numpy as np
 from scipy import stats
 
 from lookahead_jax import loop, records
+from lookahead_jax.config import validate_config
+from lookahead_jax.run_setup import load_config_dataset
 from lookahead_jax import train as train_lib
 
 
@@ -225,9 +227,9 @@ def run_study(figure: str, base: loop.LoopConfig, seeds: Sequence[int], root: st
             chosen.insert(0, next(b for b in all_arms if b.label == a.baseline))
     configs = {a.label: apply_overrides(base, a.overrides) for a in chosen}
     for cfg in configs.values():
-        loop.validate_config(cfg)
+        validate_config(cfg)
     if dataset is None:
-        dataset = loop.load_config_dataset(base)
+        dataset = load_config_dataset(base)
     path = os.path.join(root, "study.json")
     previous = records.read_json(path) if os.path.exists(path) else {}
     meta = {

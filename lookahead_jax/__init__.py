@@ -12,11 +12,19 @@ Modules (imported on first use, so ``import lookahead_jax`` stays light):
     analytic infinite-width kernels.
   * ``lookahead``: the look-ahead algebra (Eq. 10–13) and the sequential rank-one update.
   * ``strategies``: the strategy registry and every strategy, one module per family.
-  * ``loop``: the resumable active-learning loop (Algorithm 1) and the ``Oracle`` protocol.
-  * ``records``: atomic workdir records and plots.
+  * ``loop``: the resumable active-learning loop (Algorithm 1): ``run``, ``run_strategies``,
+    the cycle; re-exports ``LoopConfig`` and the ``Oracle`` protocol.
+  * ``config``: ``LoopConfig`` and its validation.
+  * ``state``: the active-learning state over the fixed pool and its seeded draws.
+  * ``run_setup``: a run's assembly (data, model, strategy, oracle), validated once.
+  * ``resume``: the workdir's commit points, pending cycles, resuming.
+  * ``records``: atomic workdir records; ``plots``: the learning curves.
   * ``rng``: the one PRNG scheme (a root key per seed, ``fold_in`` per purpose and cycle).
-  * ``oracles``: who answers queries (the dataset's labels, people through files).
+  * ``oracles``: who answers queries (the dataset's labels, people through files) and the
+    ledger that records every answer.
   * ``stopping``: stopping criteria, registered by name like strategies.
+  * ``options``: typed options (strategies and stopping criteria); ``registry``: the
+    name → record registry both use.
   * ``workdir``: the locked, tamper-evident run folder (ledgers, checkpoints, resume).
   * ``labeler``: the notebook labeler (ipywidgets) driving sequential MLMOC.
   * ``distributed``: joining a multi-process run through ``jax.distributed``.
@@ -26,8 +34,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = ("data", "models", "train", "ntk", "lookahead", "strategies", "loop", "records",
-            "rng", "oracles", "stopping", "workdir", "labeler", "distributed")
+_MODULES = ("data", "models", "train", "ntk", "lookahead", "strategies", "loop", "config",
+            "state", "run_setup", "resume", "records", "plots", "rng", "oracles", "stopping",
+            "options", "registry", "workdir", "labeler", "distributed")
 _NAMES = {
     # data
     "load_dataset": "data", "Dataset": "data", "DATASETS": "data",
@@ -50,7 +59,7 @@ _NAMES = {
     "register_strategy": "strategies", "get_strategy": "strategies",
     "available_strategies": "strategies",
     # loop
-    "LoopConfig": "loop", "Oracle": "loop", "DatasetOracle": "loop", "run": "loop",
+    "LoopConfig": "config", "Oracle": "oracles", "DatasetOracle": "oracles", "run": "loop",
     "run_strategies": "loop",
 }
 

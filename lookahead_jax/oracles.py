@@ -31,11 +31,15 @@ import csv
 import dataclasses
 import io
 import os
+import typing
 from typing import Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
 from lookahead_jax import records
+
+if typing.TYPE_CHECKING:
+    from lookahead_jax.workdir import Workdir
 
 
 class Oracle(Protocol):
@@ -307,3 +311,67 @@ def _read_rows(path: str, want: Optional[set], num_classes: int,
                 fail(f"line {line}: label {y} is outside [0, {num_classes})")
         got[i] = y
     return got
+
+
+class RecordingOracle:
+    """Wraps an oracle: checks each answer, persists it at once, never asks twice.
+
+    Answers must be integers in ``[0, C)``, one per asked item; a bad batch is refused
+    with one line before anything is written, so the workdir stays usable. ``tag`` names
+    the request (``"initial"``, ``"cycle_3"``, ``"cycle_3_step_2"``) for oracles that
+    define ``ask(pool_indices, tag)`` (the files oracle).
+    """
+
+    def __init__(self, oracle: Oracle, workdir: Workdir, num_classes: int):
+        self.oracle = oracle
+        self.workdir = workdir
+        self.num_classes = num_classes
+        self.known = {int(r["index"]): int(r["label"]) for r in workdir.rows("labels")}
+
+    def record_given(self, pool_indices: np.ndarray, labels: np.ndarray) -> None:
+        """Puts labels that came with the pool into the ledger (once)."""
+        for i, y in zip(np.asarray(pool_indices).tolist(), np.asarray(labels).tolist()):
+            if i in self.known:
+                if self.known[i] != y:
+                    raise records.RecordError(
+                        f"labels.jsonl holds label {self.known[i]} for pool item {i} but the "
+                        f"pool now gives {y}: the data changed under the run")
+                continue
+            self.workdir.append("labels", {"cycle": -1, "index": i, "label": y,
+                                           "source": "given"})
+            self.known[i] = y
+
+    def __call__(self, pool_indices: np.ndarray, cycle: int, tag: str) -> np.ndarray:
+        pool_indices = np.asarray(pool_indices, dtype=np.int64).reshape(-1)
+        missing = [int(i) for i in pool_indices if int(i) not in self.known]
+        if missing:
+            ask = getattr(self.oracle, "ask", None)
+            raw = ask(np.asarray(missing), tag) if ask is not None else \
+                self.oracle(np.asarray(missing))
+            answers = check_answers(raw, len(missing), self.num_classes)
+            for i, y in zip(missing, answers.tolist()):
+                self.workdir.append("labels", {"cycle": cycle, "index": i, "label": y,
+                                               "source": "oracle"})
+                self.known[i] = y
+        return np.asarray([self.known[int(i)] for i in pool_indices], dtype=np.int32)
+
+
+def check_answers(raw, count: int, num_classes: int) -> np.ndarray:
+    """An oracle's answers as ``(count,)`` ints in ``[0, C)``, or one clear error."""
+    if raw is None:
+        raise ValueError(f"the oracle returned None for {count} items; it must return "
+                         f"{count} integer labels in [0, {num_classes})")
+    arr = np.asarray(raw)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or
+                                   (np.issubdtype(arr.dtype, np.floating) and
+                                    np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))):
+        raise ValueError(f"the oracle returned {raw!r}; labels must be integers in "
+                         f"[0, {num_classes})")
+    arr = arr.astype(np.int64).reshape(-1)
+    if arr.shape[0] != count:
+        raise ValueError(f"the oracle returned {arr.shape[0]} labels for {count} items")
+    bad = (arr < 0) | (arr >= num_classes)
+    if np.any(bad):
+        raise ValueError(f"the oracle answered {int(arr[bad][0])}, outside [0, {num_classes}) "
+                         f"({int(np.sum(bad))} of {count} answers); nothing was recorded")
+    return arr

@@ -1,4 +1,4 @@
-"""File primitives for run records: atomic writes, checked JSON lines, plots.
+"""File primitives for run records: atomic writes, checked JSON lines.
 
 * Whole-file writes go to a temporary file in the same folder, are fsync'ed and renamed
   over the target (atomic on POSIX), with the permissions a plain ``open`` would give
@@ -10,20 +10,19 @@
   so, instead of joining the next append onto the fragment.
 * Every read error names the file (and the row) it comes from: :class:`RecordError`.
 
-What a run's workdir holds, and how it is checked, is :mod:`lookahead_jax.workdir`.
+What a run's workdir holds, and how it is checked, is :mod:`lookahead_jax.workdir`;
+its plots are :mod:`lookahead_jax.plots`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tempfile
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
 
 
 class RecordError(ValueError):
@@ -203,38 +202,3 @@ def verify_chain(path: str, rows: Sequence[dict]) -> str:
                               "workdir")
         previous = want
     return previous
-
-
-def plot_learning_curves(curves: dict[str, tuple[Sequence[int], Sequence[float]]],
-                         path: str, title: str = "") -> str:
-    """Test accuracy against labeled-set size, one line per run; saves a PNG.
-
-    Args:
-      curves: ``{label: (num_labeled, accuracy)}``; ``None`` accuracies (a pool without
-        an evaluation split) are not drawn.
-      path: output PNG path (written atomically).
-    """
-    fig = Figure(figsize=(6, 4), dpi=110)
-    ax = fig.subplots()
-    drawn = 0
-    for label, (n, acc) in curves.items():
-        pts = [(a, b) for a, b in zip(n, acc) if b is not None]
-        if pts:
-            ax.plot([a for a, _ in pts], [100 * b for _, b in pts], marker="o", ms=3,
-                    label=label)
-            drawn += 1
-    ax.set_xlabel("labeled examples")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    if not drawn:
-        ax.text(0.5, 0.5, "no evaluation split: no test accuracy", ha="center",
-                va="center", transform=ax.transAxes)
-    elif len(curves) > 1 or any(curves):
-        ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-    return path

@@ -33,8 +33,10 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from lookahead_jax.lookahead import KINDS
 from lookahead_jax.numerics import entropy
-from lookahead_jax.strategies.options import Options, OptionsError, positive
+from lookahead_jax.options import Options, OptionsError, positive
+from lookahead_jax.registry import Registry
 
 
 class Observation(NamedTuple):
@@ -78,28 +80,24 @@ class Criterion:
     needs_stop_set: bool = False
 
 
-_REGISTRY: dict[str, Criterion] = {}
+_REGISTRY: Registry[Criterion] = Registry("stopping criterion")
 
 
 def register(criterion: Criterion) -> Criterion:
-    if criterion.name in _REGISTRY:
-        raise ValueError(f"stopping criterion {criterion.name!r} is already registered")
+    """Adds ``criterion``; a name already registered is refused."""
     if criterion.phase not in ("model", "selection"):
         raise ValueError(f"unknown phase {criterion.phase!r}")
-    _REGISTRY[criterion.name] = criterion
-    return criterion
+    return _REGISTRY.add(criterion.name, criterion)
 
 
 def get(name: str) -> Criterion:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown stopping criterion {name!r}; known: "
-                         f"{', '.join(sorted(_REGISTRY))}") from None
+    """The criterion registered under ``name``; an unknown name lists the known ones."""
+    return _REGISTRY.get(name)
 
 
 def names() -> tuple[str, ...]:
-    return tuple(sorted(_REGISTRY))
+    """Sorted names of every registered criterion."""
+    return _REGISTRY.names()
 
 
 def parse(stop: str, stop_options: Mapping[str, Mapping[str, Any]]
@@ -220,7 +218,7 @@ def _overall_uncertainty(opts: UncertaintyOptions, obs: Observation, memory: dic
 
 
 @dataclasses.dataclass(frozen=True)
-class LookaheadOptions(Options):
+class LookaheadStopOptions(Options):
     """Options of ``lookahead``.
 
     Attributes:
@@ -234,11 +232,11 @@ class LookaheadOptions(Options):
         positive(self, "threshold")
 
 
-def _lookahead(opts: LookaheadOptions, obs: Observation, memory: dict):
+def _lookahead(opts: LookaheadStopOptions, obs: Observation, memory: dict):
     info = obs.selection_info or {}
     if "top_score" not in info:
-        raise ValueError("stopping criterion 'lookahead' needs a look-ahead strategy "
-                         "(mlmoc, emoc, eer, label_flip): the strategy gave no top_score")
+        raise ValueError(f"stopping criterion 'lookahead' needs a look-ahead strategy "
+                         f"({', '.join(KINDS)}): the strategy gave no top_score")
     value = float(info["top_score"])
     return value < opts.threshold, value, memory
 
@@ -250,6 +248,7 @@ register(Criterion("max_uncertainty", _max_uncertainty, "model", UncertaintyOpti
                    needs_stop_set=True))
 register(Criterion("overall_uncertainty", _overall_uncertainty, "model", UncertaintyOptions,
                    needs_stop_set=True))
-register(Criterion("lookahead", _lookahead, "selection", LookaheadOptions))
+register(Criterion("lookahead", _lookahead, "selection", LookaheadStopOptions))
 
-LOOKAHEAD_STRATEGIES = ("mlmoc", "emoc", "eer", "label_flip")
+# The strategies whose selection gives ``top_score``: one per look-ahead score kind.
+LOOKAHEAD_STRATEGIES = KINDS

@@ -197,7 +197,7 @@ def test_two_process_run_checkpoints_and_resumes(tmp_path):
     two-process run resumes to the uninterrupted one's queries and accuracies, its
     checkpoints bit for bit the same; one process resumes it too. Cost, pinned to one
     core: ~16 s of CPU per child (mostly compiling), ~5 s here; ~40 s in all."""
-    from lookahead_jax import loop
+    from lookahead_jax import loop, run_setup
     from lookahead_jax.workdir import Workdir
 
     port, t0 = _free_port(), time.monotonic()
@@ -219,7 +219,7 @@ def test_two_process_run_checkpoints_and_resumes(tmp_path):
     assert sorted(os.listdir(full / "checkpoints")) == sorted(os.listdir(
         part / "checkpoints")) == ["1", "2"]
     cfg = _loop_config()
-    template = loop.init_variables(loop.setup(cfg, None, dataset=_tiny_dataset()))
+    template = run_setup.init_variables(run_setup.setup(cfg, None, dataset=_tiny_dataset()))
     with Workdir(str(full)) as a, Workdir(str(part)) as b:
         for x, y in zip(*(_leaves(w.load_variables(2, template)) for w in (a, b))):
             np.testing.assert_array_equal(x, y)
@@ -333,7 +333,7 @@ def test_cli_join_timeout_bounds_the_wait_for_an_absent_coordinator(tmp_path):
 
 @pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "3"])
 def test_join_timeout_must_be_a_positive_number(value):
-    from lookahead_jax import loop
+    from lookahead_jax import loop, resume
 
     launch = dict(distributed=True, coordinator_address="localhost:1", num_processes=2,
                   process_id=1)
@@ -342,7 +342,7 @@ def test_join_timeout_must_be_a_positive_number(value):
     with pytest.raises(ValueError, match="join_timeout_s set without distributed"):
         loop.LoopConfig(join_timeout_s=3.0)
     # how long to wait is how the run is launched: never in config.json
-    assert "join_timeout_s" not in loop._recorded(loop.LoopConfig(**launch, join_timeout_s=3.0))
+    assert "join_timeout_s" not in resume._recorded(loop.LoopConfig(**launch, join_timeout_s=3.0))
 
 
 def test_sigterm_stops_a_joined_process_in_one_line(tmp_path):

@@ -6,6 +6,9 @@ import pytest
 from conftest import loop_config
 
 from lookahead_jax import loop, records, train
+from lookahead_jax.config import validate_config
+from lookahead_jax.resume import labeled_indices_from_records
+from lookahead_jax.state import initial_indices
 from lookahead_jax.workdir import Workdir
 
 
@@ -20,7 +23,7 @@ def test_run_records_and_rebuilds_labeled_set(tmp_path, tiny_dataset):
     for f in ("config.json", "dataset.json", "metrics.jsonl", "queries.jsonl", "labels.jsonl",
               "checkpoints/3", "state.json", "learning_curve.png", "tensorboard"):
         assert (tmp_path / f).exists(), f
-    rebuilt = loop.labeled_indices_from_records(str(tmp_path), cfg, tiny_dataset)
+    rebuilt = labeled_indices_from_records(str(tmp_path), cfg, tiny_dataset)
     np.testing.assert_array_equal(rebuilt, np.flatnonzero(res.state.labeled))
     labels = records.read_jsonl(str(tmp_path / "labels.jsonl"))
     assert len(labels) == 44
@@ -92,7 +95,7 @@ def test_cold_start_differs_from_warm_start(tiny_dataset):
     assert warm.queries[0]["indices"] == cold.queries[0]["indices"]
 
     ds, model = tiny_dataset, models.get_model("mlp", tiny_dataset.num_classes, widths=(32,))
-    initial = loop.initial_indices(cfg, ds)
+    initial = initial_indices(cfg, ds)
     sets = [np.sort(initial), np.sort(np.r_[initial, warm.queries[0]["indices"]])]
 
     def fit(variables, cycle, tcfg):
@@ -153,6 +156,6 @@ def test_every_config_file_builds_a_valid_run():
     for name in configs.PRESETS:
         cfg = configs.load(name).to_dict()
         for s in str(cfg.pop("strategy")).split(","):
-            loop.validate_config(loop.LoopConfig.from_dict({**cfg, "strategy": s}))
+            validate_config(loop.LoopConfig.from_dict({**cfg, "strategy": s}))
         doc = __import__(f"lookahead_jax.configs.{name}", fromlist=["x"]).__doc__
         assert "python -m experiments.main" in doc, name

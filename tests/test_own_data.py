@@ -15,7 +15,7 @@ import pytest
 from conftest import cli
 from PIL import Image
 
-from lookahead_jax import data, loop, oracles, records, train
+from lookahead_jax import data, loop, oracles, records, run_setup, train
 
 CLASSES = ("circle", "cross", "line")
 
@@ -182,7 +182,7 @@ def test_from_arrays_scales_uint8_and_checks_labels():
         data.from_arrays(x, np.zeros(20, int))
     with pytest.raises(ValueError, match="y must hold integer labels"):
         data.from_arrays(x, np.full(20, 0.5))
-    json.dumps(loop.pool_info(ds))
+    json.dumps(run_setup.pool_info(ds))
 
 
 def test_sequential_mode_with_files_asks_one_item_at_a_time(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from lookahead_jax import loop, records, stopping, train
+from lookahead_jax.config import validate_config
 
 
 def obs(probs=None, unlabeled=None, n=50, info=None, cycle=0):
@@ -122,11 +123,11 @@ def test_criteria_in_the_loop_are_recorded(stop, options, strategy, fires_at, tm
 
 def test_unknown_criterion_and_lookahead_without_a_lookahead_strategy():
     with pytest.raises(ValueError, match="unknown stopping criterion 'patience'; known: budget"):
-        loop.validate_config(_config(stop="patience"))
+        validate_config(_config(stop="patience"))
     with pytest.raises(ValueError, match="'lookahead' needs a look-ahead strategy"):
-        loop.validate_config(_config(stop="lookahead", strategy="random"))
+        validate_config(_config(stop="lookahead", strategy="random"))
     with pytest.raises(ValueError, match=r"stopping criterion 'budget' has no option 'max'"):
-        loop.validate_config(_config(stop="budget", stop_options={"budget": {"max": 3}}))
+        validate_config(_config(stop="budget", stop_options={"budget": {"max": 3}}))
 
 
 def read_events(folder) -> list:

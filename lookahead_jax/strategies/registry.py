@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any, Callable, Mapping, Optional
 
 from lookahead_jax.models import Model, require
+from lookahead_jax.registry import Registry
 from lookahead_jax.strategies.base import AcquisitionContext, Selection, validate_context
 from lookahead_jax.strategies.options import NoOptions, Options
 
@@ -69,17 +70,14 @@ class Strategy:
         return self.select(dataclasses.replace(ctx, options=opts))
 
 
-_REGISTRY: dict[str, Strategy] = {}
+_REGISTRY: Registry[Strategy] = Registry("strategy", known="known strategies")
 
 
 def register(strategy: Strategy) -> Strategy:
     """Adds ``strategy``; a name already registered is refused."""
-    if strategy.name in _REGISTRY:
-        raise ValueError(f"strategy {strategy.name!r} is already registered")
     if not (isinstance(strategy.options, type) and issubclass(strategy.options, Options)):
         raise TypeError(f"strategy {strategy.name!r}: options must be an Options subclass")
-    _REGISTRY[strategy.name] = strategy
-    return strategy
+    return _REGISTRY.add(strategy.name, strategy)
 
 
 def register_strategy(name: str, *, options: type = NoOptions, sequential: bool = False,
@@ -98,22 +96,18 @@ def register_strategy(name: str, *, options: type = NoOptions, sequential: bool 
 
 def get(name: str) -> Strategy:
     """The record registered under ``name``; an unknown name lists the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; known strategies: "
-                         f"{', '.join(sorted(_REGISTRY))}") from None
+    return _REGISTRY.get(name)
 
 
 def names() -> tuple[str, ...]:
     """Sorted names of every registered strategy."""
-    return tuple(sorted(_REGISTRY))
+    return _REGISTRY.names()
 
 
 def sequential_names() -> tuple[str, ...]:
-    return tuple(n for n in names() if _REGISTRY[n].sequential)
+    return tuple(n for n in names() if get(n).sequential)
 
 
 def describe() -> Mapping[str, str]:
     """``{name: one-line description}``."""
-    return {n: _REGISTRY[n].doc for n in names()}
+    return {n: get(n).doc for n in names()}
