@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookahead_jax import data, loop, models, oracles, strategies, train
+from lookahead_jax import config, data, loop, models, oracles, resume, strategies, train
 from lookahead_jax.strategies import diversity
 from lookahead_jax.workdir import Workdir
 
@@ -310,15 +310,15 @@ def test_starting_labels_edited_while_a_request_is_out_are_refused(tmp_path):
     with Workdir.open(str(tmp_path / "w")) as wd:
         for i in (0, 1, 2):
             wd.append("labels", {"cycle": -1, "index": i, "label": i % 2, "source": "given"})
-        loop.check_initial_set(wd, np.array([0, 1, 2]))          # unchanged
-        loop.check_initial_set(wd, np.array([0, 1, 2, 3]))       # a batch cut short: fine
+        resume.check_initial_set(wd, np.array([0, 1, 2]))          # unchanged
+        resume.check_initial_set(wd, np.array([0, 1, 2, 3]))       # a batch cut short: fine
         wd.save_pending({"cycle": 0, "row": {}})                  # a request is out
         with pytest.raises(ValueError, match=r"starting labels changed under the run: .* "
                                              r"started from 3 labeled items, the pool now "
                                              r"gives 4 \(pool item 3 is newly labeled\)"):
-            loop.check_initial_set(wd, np.array([0, 1, 2, 3]))
+            resume.check_initial_set(wd, np.array([0, 1, 2, 3]))
         with pytest.raises(ValueError, match=r"pool item 2 is no longer labeled"):
-            loop.check_initial_set(wd, np.array([0, 1]))
+            resume.check_initial_set(wd, np.array([0, 1]))
 
 
 def test_max_train_below_the_labels_a_run_needs_is_refused_before_loading():
@@ -326,7 +326,7 @@ def test_max_train_below_the_labels_a_run_needs_is_refused_before_loading():
                           query_size=5, subset_size=10)
     with pytest.raises(ValueError, match=r"max_train \(10\) keeps fewer pool examples than "
                                          r"the run labels: .* = 25; raise --max_train"):
-        loop.validate_config(cfg)
+        config.validate_config(cfg)
 
 
 # ------------------------------------------------------------------ models that lie
