@@ -586,6 +586,34 @@ def _hostile_cases(add, add_cli) -> None:
     add("models", "a model whose outputs are NaN", _nan_model)
     add_cli("flags", "`--max_train` below `--initial_size`",
             lambda s: cli("--max_train=10", "--initial_size=20", W.format(s / "r"), scratch=s))
+    # --- config files (Python, run as the user) and flags past their range
+    for what, name, text in (
+            ("does not exist", "missing.py", None),
+            ("is a folder", "configs", "DIR"),
+            ("is a .yaml file", "run.yaml", "strategy: mlmoc\n"),
+            ("has a syntax error", "syntax.py", "def get_config(:\n"),
+            ("raises", "raises.py", "def get_config():\n    raise RuntimeError('no')\n"),
+            ("has no `get_config`", "none.py", "X = 1\n"),
+            ("returns None", "returns_none.py", "def get_config():\n    return None\n")):
+        add("config files", f"a `--config` file that {what}",
+            lambda s, name=name, text=text: api(lambda: _config_file(s, name, text)))
+    add("flags", "`seed` beyond 64 bits (library)", lambda s: api(
+        lambda: _config(seed=2 ** 64)))
+    add_cli("flags", "`--seed` beyond 64 bits",
+            lambda s: cli(f"--seed={2 ** 64}", W.format(s / "r"), scratch=s))
+    add_cli("flags", "`--config.model_kwargs.widths=abc`",
+            lambda s: cli("--config.model_kwargs.widths=abc", W.format(s / "r"), scratch=s))
+
+
+def _config_file(scratch: Path, name: str, text) -> None:
+    """``--config=SCRATCH/name`` as the command line reads it (``text`` None: no file)."""
+    from lookahead_jax import cli as cli_lib
+    path = scratch / name
+    if text == "DIR":
+        path.mkdir()
+    elif text is not None:
+        path.write_text(text)
+    cli_lib.load_config_file(str(path), argv=[])
 
 
 def _readonly(scratch: Path) -> tuple:
