@@ -22,6 +22,13 @@ and the seeds.
     nice -n 5 taskset -c 1 python benchmarks/projected_bench.py --scale
     python benchmarks/projected_bench.py --table benchmarks/results/projected_cost_cpu.json
     python benchmarks/projected_bench.py --grid-table benchmarks/results/projected_cost_cpu.json
+    nice -n 10 python benchmarks/projected_bench.py --accuracy-only --sketch khatri_rao \
+        --seeds 0 1          # the accuracy grid only, one sketch (untimed calls)
+    python benchmarks/projected_bench.py --grid-table \
+        benchmarks/results/projected_accuracy_khatri_rao_cpu.json
+
+The cost JSON (projected_cost_cpu.json) was measured with the Kronecker sketch (then the
+only one; its grid has no ``sketch`` key); ``--accuracy-only`` records ``sketch``.
 
 JSON: machine, commit, load averages before/after, sizes, seeds, every call's time.
 """
@@ -161,6 +168,50 @@ def cost_seed(ds, seed, a, write_partial) -> dict:
     return rec
 
 
+ACC_GRID = ((1024, None), (4096, None), (1024, 500), (1024, 1000), (4096, 500))
+
+
+def accuracy_seed(ds, seed, a) -> dict:
+    """The accuracy grid of one sketch against exact MLMOC (every call untimed)."""
+    model, st, x_l, y_l, x_u, loss = trained_mlp(ds, seed, a.labeled, a.pool, a.epochs)
+    ex = strategies.get("mlmoc")(context(model, st, x_l, y_l, x_u, seed, {}))
+    grid = {}
+    f = model.bind(st.model_state)
+    xs = jnp.asarray(x_u[:400])
+    exact_k = np.asarray(ntk.empirical_ntk_fn(f)(st.params, xs), np.float64)
+    for k, m in ACC_GRID:
+        opts = dict(features="projected", projection_dim=k, sketch=a.sketch)
+        if m is not None:
+            opts["eval_subset"] = m
+        s = strategies.get("mlmoc")(context(model, st, x_l, y_l, x_u, seed, opts))
+        name = f"k={k}" + ("" if m is None else f" + m={m}")
+        grid[name] = agreement(ex.scores, ex.indices, s)
+        if m is None:
+            phi = projected.projected_features(
+                f, st.params, xs, key=jax.random.fold_in(rng.key(seed, "acquire", 0),
+                                                         nl.PROJECTION_KEY),
+                projection_dim=k, sketch=a.sketch)
+            approx = np.asarray(projected.projected_kernel(phi, phi), np.float64)
+            grid[name]["kernel_rel_err"] = float(np.linalg.norm(approx - exact_k)
+                                                 / np.linalg.norm(exact_k))
+            grid[name]["actual_k"] = int(phi.shape[1])
+        print(f"seed {seed} {name}: {grid[name]}; load {os.getloadavg()}", flush=True)
+    return dict(seed=seed, train_loss=loss, grid=grid)
+
+
+def run_accuracy(a) -> dict:
+    res = dict(machine=machine(), code=code_version(), note=a.note, sketch=a.sketch,
+               load_avg_start=list(os.getloadavg()),
+               sizes=dict(L=a.labeled, U=a.pool, query=20, C=10, epochs=a.epochs),
+               network="MLP 784-1024-1024-10, squared loss, train.fit", seeds=[])
+    ds = data.load_dataset("mnist", manual_dir=a.manual_dir, max_test=10)
+    for seed in a.seeds:
+        res["seeds"].append(accuracy_seed(ds, seed, a))
+        res["load_avg_end"] = list(os.getloadavg())
+        write(res, a.out)
+    return res
+
+
 def run_cost(a) -> dict:
     res = dict(machine=machine(), code=code_version(), note=a.note,
                load_avg_start=list(os.getloadavg()),
@@ -275,11 +326,14 @@ def table(path, grid: bool = False) -> str:
                      f"{res.get('load_avg_end', [float('nan')])[0]:.1f}")
         return "\n".join(lines)
     seeds = res["seeds"]
-    names = list(seeds[0]["calls"])
-    med = {n: float(np.median([t for s in seeds for t in s["calls"][n]])) for n in names}
+    if "calls" not in seeds[0]:                       # an --accuracy-only JSON
+        grid, names = True, None
+    else:
+        names = list(seeds[0]["calls"])
+    med = {} if names is None else {n: float(np.median([t for s in seeds for t in s["calls"][n]])) for n in names}
     lines += [f"| strategy | seconds (median) | × BADGE | top-20 shared | Spearman | "
               f"score ratio |", "|---|---|---|---|---|---|"]
-    for n in names:
+    for n in names or ():
         ag = [s["agreement"][n] for s in seeds if n in s["agreement"]]
         rng_ = lambda key, fmt: ("–".join(fmt.format(v) for v in  # noqa: E731
                                           sorted({min(x[key] for x in ag),
@@ -300,9 +354,14 @@ def table(path, grid: bool = False) -> str:
         lines.append(f"| {label} | {cell('kernel_rel_err', '{:.3f}')} | "
                      f"{cell('top20_shared', '{}')} | {cell('spearman', '{:.3f}')} | "
                      f"{cell('score_ratio', '{:.4f}')} |")
-    lines.append(f"\nseeds {[s['seed'] for s in seeds]}, {len(seeds[0]['calls'][names[0]])} "
-                 f"interleaved rounds each; load average {res['load_avg_start'][0]:.1f} → "
-                 f"{res.get('load_avg_end', [float('nan')])[0]:.1f}")
+    load = (f"load average {res['load_avg_start'][0]:.1f} → "
+            f"{res.get('load_avg_end', [float('nan')])[0]:.1f}")
+    if names is None:
+        lines.append(f"\nsketch {res['sketch']}, seeds {[s['seed'] for s in seeds]}, one "
+                     f"untimed call each; {load}")
+    else:
+        lines.append(f"\nseeds {[s['seed'] for s in seeds]}, "
+                     f"{len(seeds[0]['calls'][names[0]])} interleaved rounds each; {load}")
     return "\n".join(lines)
 
 
@@ -317,6 +376,9 @@ def main(argv=None):
     ap.add_argument("--scale", action="store_true")
     ap.add_argument("--million-only", action="store_true",
                     help="with --scale: rerun only the 10⁶-candidate case into the JSON")
+    ap.add_argument("--accuracy-only", action="store_true",
+                    help="only the accuracy grid (ACC_GRID) of --sketch, into its own JSON")
+    ap.add_argument("--sketch", default="khatri_rao", choices=projected.SKETCHES)
     ap.add_argument("--out", default=None)
     ap.add_argument("--note", default="")
     ap.add_argument("--table", default=None, help="print the README table of this JSON")
@@ -324,6 +386,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.table or a.grid_table:
         print(table(a.table) if a.table else table(a.grid_table, grid=True))
+        return
+    if a.accuracy_only:
+        a.out = a.out or os.path.join(RESULTS, f"projected_accuracy_{a.sketch}_cpu.json")
+        run_accuracy(a)
+        print(table(a.out, grid=True))
         return
     a.out = a.out or os.path.join(RESULTS, "projected_scale_cpu.json" if a.scale
                                   else "projected_cost_cpu.json")

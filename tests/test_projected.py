@@ -53,14 +53,15 @@ def _x(kind, n, dtype):
 _NETS = dict(mlp=mlp, cnn=cnn, unstructured=unstructured)
 
 
-def _explicit(kind, output, key, dim, dtype):
-    """Explicit per-example Jacobian rows, projected with kron(P_in, P_out) / R_r."""
+def _explicit(kind, output, key, dim, dtype, sketch):
+    """Explicit per-example Jacobian rows, projected with kron(P_in, P_out), the
+    column-wise Khatri–Rao (P_in ⊙ P_out)/√k, or R_r."""
     f, params = _NETS[kind], _params(kind, dtype)
     x = _x(kind, 5, dtype)
     g, prog, layers, fallback, _ = emp._structured_plan(f, params, (1, *x.shape[1:]),
                                                         x.dtype, output)
     layout = pj.layout_of(f, params, x.shape[1:], x.dtype, output=output,
-                          projection_dim=dim)
+                          projection_dim=dim, sketch=sketch)
     leaves, treedef = jax.tree.flatten(params)
     jac = jax.vmap(jax.jacrev(lambda ls, xi: g(ls, xi[None])[0]), in_axes=(None, 0))(
         leaves, x)                                           # per leaf (n, K, *shape)
@@ -71,8 +72,13 @@ def _explicit(kind, output, key, dim, dtype):
         if layer.bias is not None:
             w = jnp.concatenate([w, jac[layer.bias].reshape(n, kk, 1, layer.d_out)], axis=2)
         p_in, p_out = pj.layer_matrices(key, block, i, dtype)
-        kron = np.kron(np.asarray(p_in), np.asarray(p_out))   # (D_in·D_out, k_in·k_out)
-        parts.append(np.asarray(w.reshape(n, kk, -1)) @ kron)
+        p_in, p_out = np.asarray(p_in), np.asarray(p_out)
+        if block.sketch == "khatri_rao":                      # column r: p_in,r ⊗ p_out,r
+            m = np.einsum("ir,or->ior", p_in, p_out).reshape(-1, block.k_in)
+            m = m / np.sqrt(block.k_in)
+        else:
+            m = np.kron(p_in, p_out)                          # (D_in·D_out, k_in·k_out)
+        parts.append(np.asarray(w.reshape(n, kk, -1)) @ m)
     if fallback:
         rows = np.concatenate([np.asarray(jac[i]).reshape(n, kk, -1) for i in fallback], -1)
         r = np.asarray(pj.row_matrix(key, layout.blocks[-1], len(layout.blocks) - 1, dtype))
@@ -81,13 +87,22 @@ def _explicit(kind, output, key, dim, dtype):
     return f, params, x, (phi[:, 0] if output == "first_logit" else phi.reshape(n, -1))
 
 
-@pytest.mark.parametrize("kind,output", [("mlp", "first_logit"), ("cnn", "first_logit"),
-                                         ("cnn", "trace"), ("unstructured", "first_logit")])
-def test_structured_projection_equals_projected_jacobian_rows(x64, kind, output):
+# The CNN has a conv layer with a folded bias, a dense layer and a fallback leaf (the
+# dense row projection), and ``trace`` has C = 3 feature groups: each sketch on it covers
+# every code path; the MLP adds a dense layer with a folded bias under first_logit.
+@pytest.mark.parametrize("kind,output,sketch", [
+    ("mlp", "first_logit", "khatri_rao"), ("cnn", "trace", "kronecker"),
+    ("cnn", "trace", "khatri_rao")])
+def test_structured_projection_equals_projected_jacobian_rows(x64, kind, output, sketch):
     key = jax.random.key(7)
-    f, params, x, want = _explicit(kind, output, key, 48, jnp.float64)
+    f, params, x, want = _explicit(kind, output, key, 48, jnp.float64, sketch)
+    layout = pj.layout_of(f, params, x.shape[1:], x.dtype, output=output,
+                          projection_dim=48, sketch=sketch)
+    if kind != "unstructured":       # the sketch under test is really used (not P = I)
+        assert any(b.kind == "layer" and b.sketch == sketch and b.dim < b.d_in * b.d_out
+                   for b in layout.blocks), layout
     got = pj.projected_features(f, params, x, key=key, projection_dim=48, output=output,
-                                chunk_size=2)
+                                chunk_size=2, sketch=sketch)
     # float64 rounding of a few hundred products: ~1e-15 relative; a wrong layout,
     # factor or key is O(1) off.
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-11,
@@ -105,11 +120,11 @@ def test_same_key_same_projection_and_chunking_changes_nothing(x64):
     assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3
 
 
-def _mean_sq_error(f, params, x, exact, dim, reps):
+def _mean_sq_error(f, params, x, exact, dim, reps, sketch="khatri_rao"):
     errs = []
     for r in range(reps):
         phi = pj.projected_features(f, params, x, key=jax.random.key(100 + r),
-                                    projection_dim=dim)
+                                    projection_dim=dim, sketch=sketch)
         errs.append(float(np.sum((np.asarray(pj.projected_kernel(phi, phi)) - exact) ** 2)))
     return float(np.mean(errs))
 
@@ -141,7 +156,8 @@ def test_kronecker_projection_error_is_a_product_of_two_jl(x64):
     feats = emp.ntk_features(f, params, x, implementation="structured")
     exact = np.asarray(emp.kernel_from_features(feats, feats))
     for dim in (64, 256):
-        layout = pj.layout_of(f, params, x.shape[1:], x.dtype, projection_dim=dim)
+        layout = pj.layout_of(f, params, x.shape[1:], x.dtype, projection_dim=dim,
+                              sketch="kronecker")
         predicted = 0.0
         for a, dl, blk in zip(feats.acts, feats.cots, layout.blocks):
             a = np.concatenate([np.asarray(a[:, 0]), np.ones((x.shape[0], 1))], 1)
@@ -152,8 +168,46 @@ def test_kronecker_projection_error_is_a_product_of_two_jl(x64):
             vd = 0 if blk.k_out == blk.d_out else (np.outer(np.diag(gd), np.diag(gd))
                                                    + gd ** 2) / blk.k_out
             predicted += np.sum(va * vd + va * gd ** 2 + vd * ga ** 2)
+        ratio = _mean_sq_error(f, params, x, exact, dim, REPS, "kronecker") / predicted
+        assert LO < ratio < HI, (dim, ratio)
+
+
+def _kr_variance(gs, k):
+    """Σ_ij of the Khatri–Rao formula (module docstring) for per-example G_i (n, a, b)."""
+    n2 = np.einsum("iab->i", gs ** 2)
+    t = np.einsum("iab,jab->ij", gs, gs)                          # Θ_l
+    ggt = np.einsum("iab,jcb->ijac", gs, gs)                      # G_i G_jᵀ
+    gtg = np.einsum("iab,jac->ijbc", gs, gs)                      # G_iᵀ G_j
+    v = (np.outer(n2, n2) + t ** 2 + 2 * np.einsum("ijac->ij", ggt ** 2)
+         + 2 * np.einsum("ijbc->ij", gtg ** 2) + 2 * np.einsum("ijbc,ijcb->ij", gtg, gtg))
+    return float(np.sum(v)) / k
+
+
+def test_khatri_rao_error_matches_its_variance_formula(x64):
+    """Per layer E(φ·φ′ − Θ)² = (‖G‖²‖G′‖² + Θ² + 2‖GG′ᵀ‖² + 2‖GᵀG′‖² + 2tr((GᵀG′)²))/k;
+    the layers' keys are independent, so the Frobenius errors add."""
+    f, params = mlp, _params("mlp", jnp.float64)
+    x = _x("mlp", 6, jnp.float64)
+    feats = emp.ntk_features(f, params, x, implementation="structured")
+    exact = np.asarray(emp.kernel_from_features(feats, feats))
+    for dim in (16, 128):
+        layout = pj.layout_of(f, params, x.shape[1:], x.dtype, projection_dim=dim)
+        predicted = 0.0
+        for a, dl, blk in zip(feats.acts, feats.cots, layout.blocks):
+            if blk.sketch != "khatri_rao":                    # D_in·D_out ≤ share: exact
+                assert blk.dim == blk.d_in * blk.d_out, blk
+                continue
+            a = np.concatenate([np.asarray(a[:, 0]), np.ones((x.shape[0], 1))], 1)
+            gs = np.einsum("ia,ib->iab", a, np.asarray(dl[:, 0, 0]))   # G = a δᵀ (S = 1)
+            predicted += _kr_variance(gs, blk.k_in)
         ratio = _mean_sq_error(f, params, x, exact, dim, REPS) / predicted
         assert LO < ratio < HI, (dim, ratio)
+
+
+def test_bad_sketch_is_one_clear_error():
+    with pytest.raises(ValueError, match="sketch must be one of 'khatri_rao', 'kronecker'"):
+        pj.projected_features(mlp, _params("mlp", jnp.float32), _x("mlp", 2, jnp.float32),
+                              key=jax.random.key(0), projection_dim=8, sketch="dense")
 
 
 def test_bad_projection_dim_is_one_clear_error():

@@ -24,7 +24,8 @@ def _select(kind, opts, **ctx_kw):
     return strategies.get(kind)(make_context(options=opts, **ctx_kw))
 
 
-@pytest.mark.parametrize("mode", [dict(), dict(batch_mode="greedy"), dict(streaming=True)])
+# (streaming changes nothing on the projected path; its exact path is tested elsewhere)
+@pytest.mark.parametrize("mode", [dict(), dict(batch_mode="greedy")])
 def test_identity_projection_reproduces_the_exact_path(mode):
     exact = _select("mlmoc", dict(jitter=1e-2, **mode))
     proj = _select("mlmoc", dict(features="projected", **EXACT_K, **mode))
@@ -43,11 +44,11 @@ def test_sequential_mode_with_projected_features():
 
 def test_a_small_projection_is_an_approximation_of_the_exact_picks():
     exact = _select("mlmoc", dict(jitter=1e-2))
-    proj = _select("mlmoc", dict(features="projected", projection_dim=16, jitter=1e-2))
+    proj = _select("mlmoc", dict(features="projected", projection_dim=64, jitter=1e-2))
     assert not np.allclose(np.asarray(proj.scores), np.asarray(exact.scores), rtol=1e-3)
     rho = np.corrcoef(np.argsort(np.argsort(np.asarray(proj.scores))),
                       np.argsort(np.argsort(np.asarray(exact.scores))))[0, 1]
-    assert rho > 0.3                   # correlated, not equal (k = 16 of P = 228)
+    assert rho > 0.3                   # correlated, not equal (k = 64 of P = 228)
 
 
 def test_eval_subset_equals_that_subset_as_eval_x_rescaled():
@@ -73,6 +74,7 @@ def test_eval_subset_equals_that_subset_as_eval_x_rescaled():
     (dict(projection_dim=0), "'projection_dim' must be positive"),
     (dict(eval_subset=0), "'eval_subset' must be positive"),
     (dict(features="sketched"), "'features' .* must be one of 'exact', 'projected'"),
+    (dict(sketch="dense"), "'sketch' .* must be one of 'khatri_rao', 'kronecker'"),
 ])
 def test_bad_options_are_one_clear_error(opts, message):
     with pytest.raises(OptionsError, match=message):
@@ -83,7 +85,7 @@ def test_cli_runs_projected_mlmoc(tmp_path):
     out = cli("--config=experiments/configs/default.py", "--strategy=mlmoc",
               "--config.strategy_options.features=projected",
               "--config.strategy_options.projection_dim=256",
-              "--config.strategy_options.eval_subset=40", "--cycles=2", "--epochs=2",
+              "--config.strategy_options.eval_subset=40", "--cycles=2", "--epochs=1",
               "--initial_size=20", "--subset_size=80", f"--workdir={tmp_path}")
     assert out.returncode == 0, out.stderr[-3000:]
     cfg = records.read_json(str(tmp_path / "mlmoc" / "config.json"))

@@ -9,7 +9,25 @@ gradients g ∈ ℝᴾ. A random matrix R (P × k) with E[R Rᵀ] = I gives feat
 * **Dense / conv layer** l, per example: inputs (or input patches) A (S × D_in),
   output cotangents Δ (S × D_out, per output row k), weight gradient G = Σ_s a_s δ_sᵀ.
   A folded bias is a column of ones appended to A (its gradient Σ_s δ_s is then the last
-  row of G). With P_in (D_in[+1] × k_in), P_out (D_out × k_out), entries N(0, 1/k_in),
+  row of G). Two sketches (``sketch=``):
+
+  ``"khatri_rao"`` (the default): P_in (D_in[+1] × k), P_out (D_out × k), entries
+  N(0, 1), one rank-one direction p_in,r ⊗ p_out,r per feature r:
+
+      φ_l = (1/√k) Σ_s (P_inᵀ a_s) ⊙ (P_outᵀ δ_s),   φ_l,r = p_in,rᵀ G p_out,r / √k,
+
+  i.e. (P_in ⊙ P_out)ᵀ vec(G) / √k with the column-wise Khatri–Rao product (column r
+  = p_in,r ⊗ p_out,r), k_l = k numbers at S·(D_in + D_out)·k multiply-adds per example.
+  E[φ_l·φ_l′] = Θ_l = ⟨G, G′⟩ and (p, q independent standard Gaussians; Isserlis twice)
+
+      E[(φ_l·φ_l′ − Θ_l)²] = (‖G‖²‖G′‖² + Θ_l² + 2‖G G′ᵀ‖² + 2‖Gᵀ G′‖²
+                              + 2 tr((Gᵀ G′)²)) / k,
+
+  each term ≤ ‖G‖²‖G′‖², so the relative error shrinks like 1/√k (a variance at most
+  8 times a dense JL projection's of vec(G); near it when G, G′ have high rank). A layer with
+  D_in·D_out ≤ k is kept exactly (P = I ⊗ I: no error).
+
+  ``"kronecker"``: with P_in (D_in[+1] × k_in), P_out (D_out × k_out), entries N(0, 1/k_in),
   N(0, 1/k_out), the layer's features are
 
       φ_l = vec(P_inᵀ G P_out) = Σ_s (P_inᵀ a_s) ⊗ (P_outᵀ δ_s) = (P_in ⊗ P_out)ᵀ vec(G),
@@ -17,7 +35,7 @@ gradients g ∈ ℝᴾ. A random matrix R (P × k) with E[R Rᵀ] = I gives feat
   k_l = k_in·k_out numbers at a cost of S·(D_in·k_in + D_out·k_out + k_in·k_out)
   multiply-adds per example, never the D_in·D_out row. E[(P_in ⊗ P_out)(P_in ⊗ P_out)ᵀ]
   = I, so E[φ_l·φ_l′] = Θ_l. A side whose width is ≤ its share is kept exactly
-  (P = I: no error from that factor).
+  (P = I: no error from that factor). Its error shrinks only like k^(−1/4) (below).
 * **Every other leaf** (BatchNorm scale/offset, weights used twice, ...): its Jacobian
   rows r (R numbers) times a dense Gaussian R_r (R × k_r, entries N(0, 1/k_r)),
   generated in row blocks of :data:`ROW_BLOCK` so no R × k_r matrix is held when R is
@@ -28,7 +46,7 @@ projection in every chunk, so all blocks of one acquisition (labeled, candidates
 evaluation points) share it. The matrices are regenerated inside each jitted chunk
 (cheap: D·k draws) rather than stored.
 
-Error: one dense Gaussian projection of dimension k has E[(φ·φ′ − Θ)²] =
+Error (Khatri–Rao: above): one dense Gaussian projection of dimension k has E[(φ·φ′ − Θ)²] =
 (Θ(x,x)Θ(x′,x′) + Θ(x,x′)²)/k (relative error ~1/√k). A Kronecker factor is a product of
 two independent JL estimates: for one position (S = 1) the layer's term is
 (a·P_inP_inᵀa′)(δ·P_outP_outᵀδ′) with relative variance ≈ 1/k_in + 1/k_out, so with
@@ -65,10 +83,12 @@ class Block(NamedTuple):
     """Static layout of one projected block (hashable).
 
     Attributes:
-      kind: ``"layer"`` (Kronecker-factored) or ``"rows"`` (dense projection).
+      kind: ``"layer"`` (a dense/conv layer) or ``"rows"`` (dense projection).
       d_in, d_out: the layer's A width (with the bias column) and Δ width; for rows,
         d_in = R, d_out = 1.
-      k_in, k_out: projected widths (k_in = d_in or k_out = d_out: that factor is exact).
+      k_in, k_out: projected widths (Kronecker: k_in = d_in or k_out = d_out: that
+        factor is exact; Khatri–Rao: k_in = k_out = k).
+      sketch: ``"kronecker"`` (features k_in·k_out) or ``"khatri_rao"`` (k_in).
     """
 
     kind: str
@@ -76,10 +96,11 @@ class Block(NamedTuple):
     d_out: int
     k_in: int
     k_out: int
+    sketch: str = "kronecker"
 
     @property
     def dim(self) -> int:
-        return self.k_in * self.k_out
+        return self.k_in if self.sketch == "khatri_rao" else self.k_in * self.k_out
 
 
 class Layout(NamedTuple):
@@ -106,15 +127,29 @@ def _split(width_in: int, width_out: int, k: int) -> tuple[int, int]:
     return r, max(1, k // r)
 
 
-def plan_layout(layers, fallback_width: int, output: str, dim: int) -> Layout:
+SKETCHES = ("khatri_rao", "kronecker")
+
+
+def _check_sketch(sketch):
+    if sketch not in SKETCHES:
+        raise ValueError(f"sketch must be one of {', '.join(map(repr, SKETCHES))}, "
+                         f"got {sketch!r}")
+
+
+def plan_layout(layers, fallback_width: int, output: str, dim: int,
+                sketch: str = "khatri_rao") -> Layout:
     """Split ``dim`` features evenly over the structured layers and the fallback rows."""
     if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
         raise ValueError(f"projection_dim must be a positive integer, got {dim!r}")
+    _check_sketch(sketch)
     n_blocks = len(layers) + (fallback_width > 0)
     share = max(1, int(dim) // max(n_blocks, 1))
     blocks = []
     for layer in layers:
         d_in = layer.d_in + (layer.bias is not None)
+        if sketch == "khatri_rao" and d_in * layer.d_out > share:
+            blocks.append(Block("layer", d_in, layer.d_out, share, share, "khatri_rao"))
+            continue
         k_in, k_out = _split(d_in, layer.d_out, share)
         blocks.append(Block("layer", d_in, layer.d_out, k_in, k_out))
     if fallback_width:
@@ -130,9 +165,15 @@ def _gaussian(key, rows: int, cols: int, dtype) -> Array:
 
 
 def layer_matrices(key, block: Block, index: int, dtype):
-    """(P_in, P_out) of block ``index`` (a "layer" block), from ``fold_in(key, index)``."""
+    """(P_in, P_out) of block ``index`` (a "layer" block), from ``fold_in(key, index)``.
+
+    Kronecker: entries N(0, 1/k_in), N(0, 1/k_out) (I for an exact side); Khatri–Rao:
+    entries N(0, 1) (the 1/√k is applied to the features)."""
     k = jax.random.fold_in(key, index)
     k_in, k_out = jax.random.split(k)
+    if block.sketch == "khatri_rao":
+        return (jax.random.normal(k_in, (block.d_in, block.k_in), dtype),
+                jax.random.normal(k_out, (block.d_out, block.k_out), dtype))
     return (_gaussian(k_in, block.d_in, block.k_in, dtype),
             _gaussian(k_out, block.d_out, block.k_out, dtype))
 
@@ -178,12 +219,17 @@ def _per_example(prog, layers, fallback, leaves, layout: Layout, key, precision,
         (d_probe, d_fb), caps = jax.jacrev(fn, argnums=(0, 1), has_aux=True)(
             probes0, [leaves[i] for i in fallback])
         parts = []
-        for layer, lhs, dp, (p_in, p_out) in zip(layers, caps, d_probe, mats):
+        for layer, lhs, dp, (p_in, p_out), blk in zip(layers, caps, d_probe, mats,
+                                                      layout.blocks):
             a, d = st.layer_rows(prog, layer, lhs, dp)          # (S, D_in), (K, S, D_out)
             if layer.bias is not None:
                 a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
             pa = jnp.matmul(a, p_in.astype(a.dtype), precision=precision)      # (S, k_in)
             pd = jnp.einsum("kse,eo->kso", d, p_out.astype(d.dtype), precision=precision)
+            if blk.sketch == "khatri_rao":                          # Σ_s pa ⊙ pd / √k
+                scale = 1.0 / math.sqrt(blk.k_in)
+                parts.append(jnp.einsum("sr,ksr->kr", pa, pd, precision=precision) * scale)
+                continue
             parts.append(jnp.einsum("si,kso->kio", pa, pd,
                                     precision=precision).reshape(d.shape[0], -1))
         if fallback:
@@ -198,18 +244,18 @@ def _per_example(prog, layers, fallback, leaves, layout: Layout, key, precision,
     return one
 
 
-def _plan(f, params, x_shape, x_dtype, output, dim):
+def _plan(f, params, x_shape, x_dtype, output, dim, sketch):
     g, prog, layers, fallback, _ = emp._structured_plan(f, params, x_shape, x_dtype, output)
     leaves = jax.tree.leaves(params)
     width = sum(int(np.size(leaves[i])) for i in fallback)
-    return g, prog, layers, fallback, plan_layout(layers, width, output, dim)
+    return g, prog, layers, fallback, plan_layout(layers, width, output, dim, sketch)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-def _projected_jit(fstatic, fleaves, params, x, output, dim, precision, key):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7))
+def _projected_jit(fstatic, fleaves, params, x, output, dim, precision, sketch, key):
     f = emp._join_f(fstatic, fleaves)
     _, prog, layers, fallback, layout = _plan(f, params, (1, *x.shape[1:]), x.dtype,
-                                              output, dim)
+                                              output, dim, sketch)
     leaves = jax.tree.leaves(params)
     phi = jax.vmap(_per_example(prog, layers, fallback, leaves, layout, key,
                                 precision, x.dtype))(x)                        # (n, K, k)
@@ -221,16 +267,18 @@ def _projected_jit(fstatic, fleaves, params, x, output, dim, precision, key):
 
 
 def layout_of(f: Callable, params: PyTree, x_example_shape, x_dtype, *,
-              output: str = "first_logit", projection_dim: int = 1024) -> Layout:
+              output: str = "first_logit", projection_dim: int = 1024,
+              sketch: str = "khatri_rao") -> Layout:
     """The :class:`Layout` :func:`projected_features` uses (blocks, actual k ≤ dim)."""
     _, _, _, _, layout = _plan(f, params, (1, *x_example_shape), x_dtype, output,
-                               int(projection_dim))
+                               int(projection_dim), sketch)
     return layout
 
 
 def projected_features(f: Callable, params: PyTree, x: Array, *, key: Array,
                        projection_dim: int = 1024, output: str = "first_logit",
-                       chunk_size: int = 256, precision=PRECISION) -> Array:
+                       chunk_size: int = 256, precision=PRECISION,
+                       sketch: str = "khatri_rao") -> Array:
     """Projected NTK features of ``x`` (leading axis n), with Θ ≈ φ φᵀ.
 
     Args:
@@ -243,6 +291,8 @@ def projected_features(f: Callable, params: PyTree, x: Array, *, key: Array,
       output: ``"first_logit"``, ``"sum_logits"``, ``"trace"`` or ``"full"``.
       chunk_size: examples per jitted call (padded to a fixed size: one compile).
       precision: ``jax.lax.Precision`` of every contraction (default :data:`PRECISION`).
+      sketch: the dense/conv layers' sketch, ``"khatri_rao"`` (default; error ~1/√k)
+        or ``"kronecker"`` (error ~k^(−1/4)); see the module docstring.
 
     Returns:
       ``(n, k)`` (scalar outputs), ``(n, C·k)`` (``trace``) or ``(n, C, k)`` (``full``).
@@ -251,6 +301,7 @@ def projected_features(f: Callable, params: PyTree, x: Array, *, key: Array,
     if isinstance(projection_dim, bool) or not isinstance(projection_dim, (int, np.integer)) \
             or projection_dim < 1:
         raise ValueError(f"projection_dim must be a positive integer, got {projection_dim!r}")
+    _check_sketch(sketch)
     fstatic, fleaves = emp._split_f(f)
     x = jnp.asarray(x)
     n = int(x.shape[0])
@@ -260,7 +311,7 @@ def projected_features(f: Callable, params: PyTree, x: Array, *, key: Array,
     for s in range(0, n, chunk):
         xc = emp._pad_rows(x[s:s + chunk], chunk)
         phi = _projected_jit(fstatic, fleaves, params, xc, output, int(projection_dim),
-                             precision, key)
+                             precision, sketch, key)
         parts.append(phi[: min(chunk, n - s)])
     return jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
 

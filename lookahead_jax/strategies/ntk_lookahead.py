@@ -93,6 +93,9 @@ class LookaheadOptions(RidgeOptions):
         holds Θ(U, U)).
       projection_dim: k, the projected feature width (split over the network's layers;
         ``"projected"`` only).
+      sketch: the dense/conv layers' projection (``"projected"`` only):
+        ``"khatri_rao"`` (default; one rank-one direction per feature, error ~1/√k) or
+        ``"kronecker"`` (P_in ⊗ P_out, error ~k^(−1/4)); :mod:`lookahead_jax.ntk.projected`.
       eval_subset: m, score on a random subset of m evaluation points (of U, or of
         ``eval_x``) drawn each cycle from the acquisition key folded with
         :data:`EVAL_SUBSET_KEY`; the sums are rescaled by E/m (label-flip is a fraction
@@ -117,6 +120,7 @@ class LookaheadOptions(RidgeOptions):
     precision: Optional[str] = None
     features: Literal["exact", "projected"] = "exact"
     projection_dim: int = 1024
+    sketch: Literal["khatri_rao", "kronecker"] = "khatri_rao"
     eval_subset: Optional[int] = None
 
     def check(self):
@@ -243,7 +247,7 @@ def projected_system(ctx: AcquisitionContext, opts: LookaheadOptions, x_l: Array
     t0 = time.perf_counter()
     f, params = ctx.apply_fn, ctx.params
     kw = dict(key=jax.random.fold_in(ctx.key, PROJECTION_KEY),
-              projection_dim=opts.projection_dim, output=opts.kernel,
+              projection_dim=opts.projection_dim, output=opts.kernel, sketch=opts.sketch,
               chunk_size=opts.ntk_chunk_size or 256)
     phi_l = projected.projected_features(f, params, x_l, **kw)
     phi_u = projected.projected_features(f, params, jnp.asarray(ctx.x_candidates), **kw)
