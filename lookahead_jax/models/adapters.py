@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import jax
 from flax import nnx
 
+from lookahead_jax.models import base as base_lib
 from lookahead_jax.models.base import Model, Variables
 
 PyTree = Any
@@ -486,3 +487,6 @@ def from_equinox(model, *, name: Optional[str] = None, embed: Optional[str] = No
     return (_made_by(Model(name=name, apply=apply, init=init, train_apply=train_apply,
                            meta=dict(meta or {}), **pieces), "from_equinox"),
             Variables(params0, {}))
+
+
+base_lib.HINTS.update(piece_text=piece_text, how_to_give=how_to_give)

@@ -107,12 +107,18 @@ def require(model: Model, piece: str, who: str) -> Callable:
     """``model.<piece>``, or a ``ValueError`` naming the missing piece and who needs it."""
     fn = getattr(model, piece, None)
     if fn is None:
-        from lookahead_jax.models import adapters   # the words of the adapter that built it
-        raise ValueError(f"{who} needs the model's "
-                         f"{adapters.piece_text(model, piece, PIECES.get(piece, piece))}; "
-                         f"model {model.name!r} does not provide it "
-                         f"({adapters.how_to_give(model, piece)})")
+        words = HINTS.get("piece_text", lambda m, p, d: d)(model, piece,
+                                                          PIECES.get(piece, piece))
+        how = HINTS.get("how_to_give", lambda m, p: f"give it a {piece}")(model, piece)
+        raise ValueError(f"{who} needs the model's {words}; "
+                         f"model {model.name!r} does not provide it ({how})")
     return fn
+
+
+# The words of the adapter that built a model, for require's message: filled in by
+# lookahead_jax.models.adapters when it is imported (base never imports the adapters, so
+# the two modules form no import circle).
+HINTS: dict[str, Callable] = {}
 
 
 class Bound(struct.PyTreeNode):
