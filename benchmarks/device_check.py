@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -43,6 +41,9 @@ sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # benchmarks/common.py
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 
 DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -52,13 +53,8 @@ TWINS_K = "float32 or twin or precision or highest or plan or brute or float64"
 
 
 def _timed(fn, repeats=3):
-    fn()                                    # compile + warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of ``repeats`` calls after a compiling first call (common.py)."""
+    return common.time_calls(fn, repeats, warmup=0)["median_s"]
 
 
 def _sub(args, timeout, env=None):
@@ -194,12 +190,8 @@ def main(argv=None):
     dev = jax.devices()[0]
     out = a.out or ("/tmp/device_check_quick.json" if a.quick else
                     str(REPO / "benchmarks" / "results" / f"device_check_{dev.platform}.json"))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    res = dict(machine=dict(platform=platform.platform(), jax=jax.__version__,
-                            devices=[str(d) for d in jax.devices()]),
-               commit=commit, quick=a.quick, seed=0, load_avg_start=list(os.getloadavg()),
-               steps={})
+    res = dict(machine=common.machine_info(), commit=common.git_commit()["commit"],
+               quick=a.quick, seed=0, load_avg_start=common.load_avg(), steps={})
     steps = [("plan", lambda: step_plan(a.quick)), ("ntk", lambda: step_ntk(a.quick)),
              ("lookahead", lambda: step_lookahead(a.quick)),
              ("fig3a", lambda: step_fig3a(a.quick, a.workdir))]
@@ -223,10 +215,9 @@ def main(argv=None):
         res["steps"][name] = rec
         print(f"{name}: {'ok' if rec.get('rc', 0) == 0 else 'MISS'} "
               f"({rec['step_seconds']:.1f} s)", flush=True)
-    res["load_avg_end"] = list(os.getloadavg())
+    res["load_avg_end"] = common.load_avg()
     res["ok"] = bool(ok)
-    with open(out, "w") as fh:
-        json.dump(res, fh, indent=1, default=str)
+    common.write_json(out, json.loads(json.dumps(res, default=str)))
     print("wrote", out)
     return res
 

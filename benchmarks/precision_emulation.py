@@ -35,13 +35,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # benchmarks/common.py
+import common  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
@@ -265,10 +268,10 @@ def main(argv=None):
     ds = data.load_dataset("digits")
     sizes = [(100, 40), (200, 40)] if a.quick else [(100, 400), (1000, 400)]
     epochs = {"mlp": 2 if a.quick else 100, "wrn": 1 if a.quick else 20}
-    res = dict(machine=dict(platform=platform.platform(), jax=jax.__version__,
+    res = dict(machine=dict(platform=common.machine_info()["platform"], jax=jax.__version__,
                             devices=[str(d) for d in jax.devices()]),
                code=code_version(), seed=a.seed, quick=a.quick, dataset="digits",
-               load_avg_start=list(os.getloadavg()), top_k=TOP_K, u_floor=U_FLOOR,
+               load_avg_start=common.load_avg(), top_k=TOP_K, u_floor=U_FLOOR,
                cholesky_block=BLOCK, rows=[], runs=[])
     out = a.out or (os.path.join("/tmp", "precision_emulation_quick.json") if a.quick
                     else os.path.join(HERE, "results", "precision_emulation_cpu.json"))
@@ -289,9 +292,8 @@ def main(argv=None):
 
 def _write(res, out, t0):
     res["seconds"] = time.perf_counter() - t0
-    res["load_avg_end"] = list(os.getloadavg())
-    with open(out, "w") as fh:
-        json.dump(res, fh, indent=1)
+    res["load_avg_end"] = common.load_avg()
+    common.write_json(out, res)
 
 
 if __name__ == "__main__":

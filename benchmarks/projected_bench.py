@@ -41,11 +41,15 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # benchmarks/common.py
+import common  # noqa: E402
 from scipy.stats import spearmanr
 
 from lookahead_jax import data, models, ntk, rng, strategies, train
@@ -72,7 +76,7 @@ GRID_M = (250, 1000)           # m = 500 is the cost table's
 
 
 def machine() -> dict:
-    return dict(platform=platform.platform(), python=platform.python_version(),
+    return dict(platform=common.machine_info()["platform"], python=platform.python_version(),
                 jax=jax.__version__, devices=[str(d) for d in jax.devices()],
                 cpu_count=os.cpu_count(),
                 affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -137,7 +141,7 @@ def cost_seed(ds, seed, a, write_partial) -> dict:
             t, _ = timed(lambda: strategies.get(strat)(
                 context(model, st, x_l, y_l, x_u, seed, opts)))
             rec["calls"][name].append(t)
-        print(f"seed {seed} round done; load {os.getloadavg()}", flush=True)
+        print(f"seed {seed} round done; load {tuple(common.load_avg())}", flush=True)
     ex = sels["MLMOC exact"]
     rec["agreement"] = {name: agreement(ex.scores, ex.indices, s) for name, s in sels.items()
                         if name != "MLMOC exact"}
@@ -195,36 +199,36 @@ def accuracy_seed(ds, seed, a) -> dict:
             grid[name]["kernel_rel_err"] = float(np.linalg.norm(approx - exact_k)
                                                  / np.linalg.norm(exact_k))
             grid[name]["actual_k"] = int(phi.shape[1])
-        print(f"seed {seed} {name}: {grid[name]}; load {os.getloadavg()}", flush=True)
+        print(f"seed {seed} {name}: {grid[name]}; load {tuple(common.load_avg())}", flush=True)
     return dict(seed=seed, train_loss=loss, grid=grid)
 
 
 def run_accuracy(a) -> dict:
     res = dict(machine=machine(), code=code_version(), note=a.note, sketch=a.sketch,
-               load_avg_start=list(os.getloadavg()),
+               load_avg_start=common.load_avg(),
                sizes=dict(L=a.labeled, U=a.pool, query=20, C=10, epochs=a.epochs),
                network="MLP 784-1024-1024-10, squared loss, train.fit", seeds=[])
     ds = data.load_dataset("mnist", manual_dir=a.manual_dir, max_test=10)
     for seed in a.seeds:
         res["seeds"].append(accuracy_seed(ds, seed, a))
-        res["load_avg_end"] = list(os.getloadavg())
+        res["load_avg_end"] = common.load_avg()
         write(res, a.out)
     return res
 
 
 def run_cost(a) -> dict:
     res = dict(machine=machine(), code=code_version(), note=a.note,
-               load_avg_start=list(os.getloadavg()),
+               load_avg_start=common.load_avg(),
                sizes=dict(L=a.labeled, U=a.pool, query=20, C=10, epochs=a.epochs),
                network="MLP 784-1024-1024-10, squared loss, train.fit", seeds=[])
     ds = data.load_dataset("mnist", manual_dir=a.manual_dir, max_test=10)
     for seed in a.seeds:
         def partial(rec):
-            write(dict(res, seeds=res["seeds"] + [rec], load_avg_end=list(os.getloadavg())),
+            write(dict(res, seeds=res["seeds"] + [rec], load_avg_end=common.load_avg()),
                   a.out)
 
         res["seeds"].append(cost_seed(ds, seed, a, partial))
-        res["load_avg_end"] = list(os.getloadavg())
+        res["load_avg_end"] = common.load_avg()
         write(res, a.out)
     return res
 
@@ -232,7 +236,7 @@ def run_cost(a) -> dict:
 def run_scale(a) -> dict:
     out = a.out
     res = dict(machine=machine(), code=code_version(), note=a.note,
-               load_avg_start=list(os.getloadavg()), cases={})
+               load_avg_start=common.load_avg(), cases={})
     ds = data.load_dataset("mnist", manual_dir=a.manual_dir, max_test=10)
     seed = a.seeds[0]
     opts = dict(features="projected", projection_dim=1024, eval_subset=500)
@@ -252,7 +256,7 @@ def run_scale(a) -> dict:
         _scale_million(seed, res, out)
     except Exception as e:  # noqa: BLE001
         res["cases"]["million"] = dict(error=repr(e))
-    res["load_avg_end"] = list(os.getloadavg())
+    res["load_avg_end"] = common.load_avg()
     write(res, out)
     return res
 
@@ -297,8 +301,7 @@ def _rss() -> float:
 
 def write(res, out):
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        json.dump(res, fh, indent=1)
+    common.write_json(out, res)
 
 
 def table(path, grid: bool = False) -> str:
@@ -400,7 +403,7 @@ def main(argv=None):
             _scale_million(a.seeds[0], res, a.out)
         except Exception as e:  # noqa: BLE001
             res["cases"]["million"] = dict(error=repr(e))
-        res["load_avg_end"] = list(os.getloadavg())
+        res["load_avg_end"] = common.load_avg()
         write(res, a.out)
     else:
         (run_scale if a.scale else run_cost)(a)

@@ -18,13 +18,16 @@ and (``--curves``) the notebook's learning curves (``--cycles`` of them) for ran
 import argparse
 import json
 import os
-import platform
 import subprocess
+import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # benchmarks/common.py
+import common  # noqa: E402
 
 from lookahead_jax import data, loop, models, strategies, train
 from lookahead_jax.workdir import Workdir
@@ -108,21 +111,20 @@ def main():
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     ds = data.load_dataset("digits")
-    load_before = os.getloadavg()
+    load_before = tuple(common.load_avg())
     t0 = time.time()
     result = {"first_query": [first_query(s, ds) for s in seeds]}
     if args.curves:
         result["curves"] = [curves(s, ds, args.cycles) for s in seeds]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
                             text=True).stdout.strip()
-    result.update(machine=platform.platform(), cpus=os.cpu_count(),
+    result.update(machine=common.machine_info()["platform"], cpus=os.cpu_count(),
                   devices=[str(d) for d in jax.devices()], seeds=seeds,
                   sizes={"initial": 30, "query": 20, "candidates": 600, "pool": 1437},
-                  load_average_before=load_before, load_average_after=os.getloadavg(),
+                  load_average_before=load_before, load_average_after=tuple(common.load_avg()),
                   seconds=round(time.time() - t0, 1), commit=commit)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w") as f:
-        json.dump(result, f, indent=1)
+    common.write_json(OUT, result)
     print(json.dumps(result["first_query"], indent=1)[:6000])
 
 

@@ -180,7 +180,7 @@ def _step(spec: la.Spec, precision, st: FeatureState, j, label) -> FeatureState:
     ht = mm(st.h, t)
     kap = jax.lax.dynamic_index_in_dim(st.kappa, j, keepdims=False)       # (1, 1)
     s_mat = (st.lam * (1.0 + jnp.dot(t, ht, precision=precision)))[None, None]
-    s_inv, _ = la._schur_inverse(s_mat, kap, spec.u_floor)
+    s_inv, _ = la._schur_inverse(s_mat, kap, spec.u_floor, precision)
     s_inv = s_inv[0, 0]
     w_u = st.lam * mm(st.vh_u, t)                                         # −A[:, s] (U,)
     y = jax.nn.one_hot(label, spec.num_classes, dtype=st.lin_u.dtype)
