@@ -35,6 +35,24 @@ def loop_config(strategy="entropy", epochs=4, **kw):
     return loop.LoopConfig(**base)
 
 
+def margin_config(**kw):
+    """``loop_config`` for the workdir, oracle and records tests: margin, 3 epochs."""
+    return loop_config(**{"strategy": "margin", "epochs": 3, **kw})
+
+
+def quiet_run(workdir, dataset, **kw):
+    """``loop.run`` on ``workdir`` without log lines (``config=`` default margin_config())."""
+    from lookahead_jax import loop
+
+    return loop.run(kw.pop("config", margin_config()), str(workdir), dataset=dataset,
+                    log=lambda s: None, **kw)
+
+
+def run_summary(res):
+    """(queried indices per cycle, test accuracy per cycle) of a RunResult."""
+    return [q["indices"] for q in res.queries], [m["test_accuracy"] for m in res.metrics]
+
+
 def _cli_command(args):
     return dict(args=[sys.executable, "-m", "experiments.main", *args], text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})

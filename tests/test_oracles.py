@@ -7,23 +7,13 @@ Moved here unchanged from tests/test_own_data.py and tests/test_workdir.py.
 import numpy as np
 import pytest
 from conftest import loop_config
+from conftest import margin_config as _config, quiet_run as _run, run_summary as _summary
 
 from lookahead_jax import data, loop, oracles, records, train
 
 CLASSES = ("circle", "cross", "line")     # as in tests/test_own_data.py
 
 
-def _config(**kw):                         # as in tests/test_workdir.py
-    return loop_config(**{"strategy": "margin", "epochs": 3, **kw})
-
-
-def _run(workdir, dataset, **kw):
-    return loop.run(kw.pop("config", _config()), str(workdir), dataset=dataset,
-                    log=lambda s: None, **kw)
-
-
-def _summary(res):
-    return [q["indices"] for q in res.queries], [m["test_accuracy"] for m in res.metrics]
 
 
 @pytest.mark.parametrize("problem, content, message", [

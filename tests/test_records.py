@@ -8,21 +8,11 @@ import os
 
 import pytest
 from conftest import loop_config
+from conftest import margin_config as _config, quiet_run as _run, run_summary as _summary
 
 from lookahead_jax import loop, records
 
 
-def _config(**kw):                         # as in tests/test_workdir.py
-    return loop_config(**{"strategy": "margin", "epochs": 3, **kw})
-
-
-def _run(workdir, dataset, **kw):
-    return loop.run(kw.pop("config", _config()), str(workdir), dataset=dataset,
-                    log=lambda s: None, **kw)
-
-
-def _summary(res):
-    return [q["indices"] for q in res.queries], [m["test_accuracy"] for m in res.metrics]
 
 
 def test_torn_last_lines_are_repaired_and_the_run_resumes_identically(tmp_path, tiny_dataset):

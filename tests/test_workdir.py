@@ -10,23 +10,13 @@ import sys
 
 import pytest
 from conftest import cli_start, loop_config, wait_until
+from conftest import margin_config as _config, quiet_run as _run, run_summary as _summary
 
 from lookahead_jax import loop, records
 from lookahead_jax.records import RecordError
 from lookahead_jax.workdir import Workdir, WorkdirError
 
 
-def _config(**kw):
-    return loop_config(**{"strategy": "margin", "epochs": 3, **kw})
-
-
-def _run(workdir, dataset, **kw):
-    return loop.run(kw.pop("config", _config()), str(workdir), dataset=dataset,
-                    log=lambda s: None, **kw)
-
-
-def _summary(res):
-    return [q["indices"] for q in res.queries], [m["test_accuracy"] for m in res.metrics]
 
 
 @pytest.fixture(scope="module")
